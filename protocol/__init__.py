@@ -1,0 +1,1 @@
+"""The RunForge wire contract shared by runforged and its clients."""
