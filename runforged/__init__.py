@@ -1,0 +1,3 @@
+"""runforged: the per-user daemon that owns training runs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,442 @@
+"""Every request a client can send to runforged, every reply it gets, and the codec.
+
+Wire format: msgspec MessagePack. A request is one frame holding one of the tagged
+structs below (the tag lives in the ``type`` field); the reply is one frame holding a
+``Reply`` whose ``result`` is the tagged result struct of that request, or whose ``error``
+is a structured ``ErrorInfo``. Adding a request means: one Struct here (added to
+``Request``), one result Struct (added to ``Result``), one handler in the daemon.
+
+Evolution rule: new fields get defaults; a field's type never changes; a breaking change
+bumps ``PROTOCOL_VERSION``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+from protocol.errors import ErrorCode
+from protocol.records import IndexStatus, RunState
+
+PROTOCOL_VERSION = 1
+# Requests larger than this are answered with MESSAGE_TOO_LARGE. Far larger frames are
+# cut off by libzmq itself (HARD_MAX_MESSAGE_BYTES) and can only be counted, not answered.
+MAX_MESSAGE_BYTES = 1 << 20
+HARD_MAX_MESSAGE_BYTES = 16 << 20
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class RequestBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    id: str = ""  # chosen by the client, echoed in the reply
+    protocol: int = PROTOCOL_VERSION
+
+
+class Hello(RequestBase, tag="hello"):
+    """Handshake: the client names itself; the reply reports the daemon's versions."""
+
+    client: str = ""
+
+
+class Ping(RequestBase, tag="ping"):
+    """Liveness probe; same reply as ``hello``."""
+
+
+class Status(RequestBase, tag="status"):
+    """Daemon status; with ``workspace``, also that workspace's settings and interpreter."""
+
+    workspace: str | None = None
+
+
+class Shutdown(RequestBase, tag="shutdown"):
+    """Stop the daemon: in-flight runs are cancelled gracefully first."""
+
+
+class TrustPath(RequestBase, tag="trust"):
+    path: str
+
+
+class UntrustPath(RequestBase, tag="untrust"):
+    path: str
+
+
+class ListTrusted(RequestBase, tag="list_trusted"):
+    pass
+
+
+class GetSettings(RequestBase, tag="settings"):
+    workspace: str
+
+
+class Train(RequestBase, tag="train"):
+    """Start (or queue) a training run. Unset fields come from the workspace settings."""
+
+    workspace: str
+    preset: str | None = None
+    model: str | None = None
+    profile: str | None = None
+    dataset: str | None = None
+    name: str | None = None
+    seed: int | None = None
+    params: dict[str, str] = {}
+    grace_s: float | None = None
+    device: str | None = None
+
+
+class Cancel(RequestBase, tag="cancel"):
+    """Cancel ``run_id``, or the workspace's active run when no id is given."""
+
+    workspace: str | None = None
+    run_id: str | None = None
+    grace_s: float | None = None
+
+
+class Replay(RequestBase, tag="replay"):
+    """A run's persisted events with ``run_seq > since``, oldest first."""
+
+    workspace: str
+    run_id: str
+    since: int = 0
+    limit: int = 10_000
+
+
+class Active(RequestBase, tag="active"):
+    """Queued, running and cancelling runs (of one workspace, or all)."""
+
+    workspace: str | None = None
+
+
+class ListRuns(RequestBase, tag="runs"):
+    workspace: str
+
+
+class ShowRun(RequestBase, tag="show"):
+    """A run's metadata; ``run_id`` None means the newest index entry."""
+
+    workspace: str
+    run_id: str | None = None
+
+
+class GetMetrics(RequestBase, tag="metrics"):
+    workspace: str
+    run_id: str | None = None
+
+
+class GetFeatureImportance(RequestBase, tag="feature_importance"):
+    workspace: str
+    run_id: str | None = None
+
+
+class GetCoefficients(RequestBase, tag="coefficients"):
+    workspace: str
+    run_id: str | None = None
+
+
+class GetInterpretability(RequestBase, tag="interpretability"):
+    workspace: str
+    run_id: str | None = None
+
+
+class ExportMarkdown(RequestBase, tag="export_md"):
+    """Render a run as Markdown and write ``run-summary.md`` in its run folder."""
+
+    workspace: str
+    run_id: str | None = None
+
+
+class InspectDataset(RequestBase, tag="inspect_dataset"):
+    workspace: str
+    path: str
+    label: str | None = None
+
+
+class InspectArtifact(RequestBase, tag="inspect_artifact"):
+    workspace: str
+    path: str
+
+
+class Recover(RequestBase, tag="recover"):
+    """Re-add runs that are on disk but missing from the workspace index."""
+
+    workspace: str
+
+
+Request = Union[  # noqa: UP007 - msgspec needs a runtime Union object for the decoder
+    Hello,
+    Ping,
+    Status,
+    Shutdown,
+    TrustPath,
+    UntrustPath,
+    ListTrusted,
+    GetSettings,
+    Train,
+    Cancel,
+    Replay,
+    Active,
+    ListRuns,
+    ShowRun,
+    GetMetrics,
+    GetFeatureImportance,
+    GetCoefficients,
+    GetInterpretability,
+    ExportMarkdown,
+    InspectDataset,
+    InspectArtifact,
+    Recover,
+]
+
+REQUEST_TAGS = frozenset(t.__struct_config__.tag for t in Request.__args__)
+
+
+# --------------------------------------------------------------------------- results
+
+
+class ResultBase(msgspec.Struct, tag_field="type", kw_only=True):
+    pass
+
+
+class OrphanInfo(msgspec.Struct, kw_only=True):
+    """A run on disk (with ``run.json``) that the index does not list."""
+
+    run_id: str
+    run_dir: str
+    created_at: str | None = None
+    error: str | None = None  # from its ``.index-orphan`` marker, when there is one
+
+
+class HelloResult(ResultBase, tag="hello"):
+    protocol: int
+    daemon_version: str
+    pid: int
+    uptime_s: float
+
+
+class Counters(msgspec.Struct, kw_only=True):
+    requests: int = 0
+    errors: int = 0
+    dropped_frames: int = 0  # frames that could not be answered at all
+    events_published: int = 0
+    invalid_trainer_lines: int = 0
+
+
+class StatusResult(ResultBase, tag="status"):
+    protocol: int
+    daemon_version: str
+    pid: int
+    uptime_s: float
+    runtime_dir: str
+    control_endpoint: str
+    events_endpoint: str
+    stopping: bool
+    counters: Counters
+    active_runs: int = 0
+    queued_runs: int = 0
+    workspace: WorkspaceStatus | None = None
+
+
+class SettingValue(msgspec.Struct, kw_only=True):
+    key: str
+    value: Any
+    source: str  # "default" | "user" | "workspace" | "request"
+    file: str | None = None
+
+
+class InterpreterInfo(msgspec.Struct, kw_only=True):
+    python_path: str
+    executable: str = ""
+    version: str = ""
+    supported: bool = False
+    error: ErrorInfo | None = None
+
+
+class GpuInfo(msgspec.Struct, kw_only=True):
+    method: str  # "torch" | "nvidia-smi" | "none"
+    available: bool
+    name: str | None = None
+    free_mib: int | None = None
+    total_mib: int | None = None
+    chosen_device: str = "cpu"
+    detail: str = ""
+
+
+class WorkspaceStatus(msgspec.Struct, kw_only=True):
+    workspace: str
+    trusted: bool
+    settings: list[SettingValue] = []
+    warnings: list[str] = []
+    interpreter: InterpreterInfo | None = None
+    gpu: GpuInfo | None = None
+    orphans: list[OrphanInfo] = []
+
+
+class ShutdownResult(ResultBase, tag="shutdown"):
+    cancelling_runs: list[str] = []
+
+
+class TrustResult(ResultBase, tag="trust"):
+    path: str
+    changed: bool
+    trusted: list[str] = []
+
+
+class SettingsResult(ResultBase, tag="settings"):
+    workspace: str
+    settings: list[SettingValue] = []
+    warnings: list[str] = []
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """One run as lists show it: from the daemon's memory for live runs, else from disk."""
+
+    run_id: str
+    workspace: str
+    run_dir: str
+    state: RunState
+    index_status: IndexStatus = IndexStatus.NOT_INDEXED
+    name: str = ""
+    model: str | None = None
+    preset: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+    final_metrics: dict[str, float] = {}
+    reason: str = ""
+    exit_code: int | None = None
+    partial_artifacts: list[str] = []
+    pid: int | None = None
+    queue_position: int | None = None
+    last_seq: int = 0  # the run's highest per-run event sequence number so far
+
+
+class TrainResult(ResultBase, tag="train"):
+    run: RunSummary
+
+
+class CancelResult(ResultBase, tag="cancel"):
+    run: RunSummary
+    already_cancelling: bool = False
+    deadline_in_s: float | None = None  # seconds from the reply to the SIGKILL deadline
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """What the daemon publishes (frame 2 of ``[topic, payload]``) and persists per run."""
+
+    seq: int  # daemon-wide, strictly increasing within one daemon process
+    run_seq: int  # per run, 1, 2, 3... with no gaps; 0 for daemon events
+    ts: float  # UNIX seconds
+    type: str
+    workspace: str = ""
+    run_id: str = ""
+    data: dict[str, Any] = {}
+
+
+class ReplayResult(ResultBase, tag="replay"):
+    run_id: str
+    events: list[Event]
+    last_run_seq: int  # the run's highest per-run sequence number right now
+    terminal: bool  # no further events will follow
+
+
+class ActiveResult(ResultBase, tag="active"):
+    runs: list[RunSummary]
+
+
+class RunsResult(ResultBase, tag="runs"):
+    workspace: str
+    runs: list[RunSummary]
+    orphans: list[OrphanInfo] = []
+
+
+class DocumentResult(ResultBase, tag="document"):
+    """A run's JSON document (run.json, metrics, importance...) as found on disk."""
+
+    workspace: str
+    run_id: str
+    kind: str  # "run" | "metrics" | "feature_importance" | "coefficients" | "interpretability"
+    path: str  # workspace-relative file it came from
+    document: Any
+    run: RunSummary | None = None
+    orphans: list[OrphanInfo] = []
+
+
+class MarkdownResult(ResultBase, tag="markdown"):
+    workspace: str
+    run_id: str
+    path: str
+    markdown: str
+    orphans: list[OrphanInfo] = []
+
+
+class InspectResult(ResultBase, tag="inspect"):
+    workspace: str
+    path: str
+    document: Any
+    orphans: list[OrphanInfo] = []
+
+
+class RecoverResult(ResultBase, tag="recover"):
+    workspace: str
+    report: dict[str, Any]
+    orphans: list[OrphanInfo] = []
+
+
+Result = Union[  # noqa: UP007
+    HelloResult,
+    StatusResult,
+    ShutdownResult,
+    TrustResult,
+    SettingsResult,
+    TrainResult,
+    CancelResult,
+    ReplayResult,
+    ActiveResult,
+    RunsResult,
+    DocumentResult,
+    MarkdownResult,
+    InspectResult,
+    RecoverResult,
+]
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    code: ErrorCode
+    message: str
+    remediation: str = ""
+    details: dict[str, Any] = {}
+
+
+class Reply(msgspec.Struct, kw_only=True):
+    id: str
+    ok: bool
+    result: Result | None = None
+    error: ErrorInfo | None = None
+
+
+# --------------------------------------------------------------------------- codec
+
+_encoder = msgspec.msgpack.Encoder()
+request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)  # type: ignore[arg-type]
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def ok(request_id: str, result: Any) -> Reply:
+    return Reply(id=request_id, ok=True, result=result)
+
+
+def error(
+    request_id: str,
+    code: ErrorCode,
+    message: str,
+    remediation: str = "",
+    details: dict[str, Any] | None = None,
+) -> Reply:
+    info = ErrorInfo(code=code, message=message, remediation=remediation, details=details or {})
+    return Reply(id=request_id, ok=False, error=info)

@@ -1,0 +1,5 @@
+"""Request handlers, one function per request; importing this package registers them all."""
+
+from runforged.handlers import daemon as daemon
+
+__all__ = ["daemon"]

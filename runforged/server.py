@@ -1,0 +1,427 @@
+"""The control server: ROUTER for requests, XPUB for events, one asyncio loop.
+
+Sockets are plain (synchronous) pyzmq sockets driven by the loop through their file
+descriptors: ZeroMQ's descriptor is edge-triggered, so every readiness callback drains
+the socket until it is empty, and every send re-checks for input that arrived meanwhile.
+This keeps a request's round trip free of per-message future and task overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+import zmq
+
+from protocol import events as ev
+from protocol.discovery import Endpoints
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    HARD_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    REQUEST_TAGS,
+    Counters,
+    Event,
+    Reply,
+    encode,
+    error,
+    ok,
+    request_decoder,
+)
+from runforged import __version__
+from runforged.errors import RunforgeError
+from runforged.runtime import DaemonLock, prepare_runtime_dir
+from runforged.sdnotify import SystemdNotifier
+
+log = structlog.get_logger("runforged.server")
+
+Handler = Callable[["Daemon", Any], Any]
+HANDLERS: dict[type, Handler] = {}
+# Requests still answered while the daemon stops (everything else: SHUTTING_DOWN).
+ALLOWED_WHILE_STOPPING: set[type] = set()
+
+
+def handles(request_type: type, *, while_stopping: bool = False) -> Callable[[Handler], Handler]:
+    """Register the one handler of ``request_type``. A handler returns a result Struct or
+    raises ``RunforgeError``; an ``async`` handler runs as its own task so that slow work
+    never holds up other clients."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[request_type] = fn
+        if while_stopping:
+            ALLOWED_WHILE_STOPPING.add(request_type)
+        return fn
+
+    return register
+
+
+class EventPublisher:
+    """Stamps events with the daemon-wide sequence number and publishes them."""
+
+    def __init__(self, socket: zmq.Socket[bytes], counters: Counters) -> None:
+        self._socket = socket
+        self._counters = counters
+        self._seq = 0
+        self._encoder = msgspec.msgpack.Encoder()
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def stamp(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        workspace: str = "",
+        run_id: str = "",
+        run_seq: int = 0,
+    ) -> Event:
+        self._seq += 1
+        return Event(
+            seq=self._seq,
+            run_seq=run_seq,
+            ts=time.time(),
+            type=event_type,
+            workspace=workspace,
+            run_id=run_id,
+            data=data,
+        )
+
+    def send(self, topic: bytes, event: Event) -> None:
+        # XPUB never blocks: a subscriber past its high-water mark loses messages, and the
+        # sequence numbers let it see the gap and fill it with a replay.
+        with contextlib.suppress(zmq.Again):
+            self._socket.send_multipart([topic, self._encoder.encode(event)], zmq.NOBLOCK)
+        self._counters.events_published += 1
+
+    def daemon_event(self, event_type: str, data: dict[str, Any]) -> Event:
+        event = self.stamp(event_type, data)
+        self.send(ev.daemon_topic(event_type), event)
+        return event
+
+
+class Daemon:
+    """One daemon process: owns the runtime directory, the sockets, and the services."""
+
+    def __init__(self, endpoints: Endpoints, notifier: SystemdNotifier | None = None) -> None:
+        self.endpoints = endpoints
+        self.notifier = notifier or SystemdNotifier()
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.pid = os.getpid()
+        self.stopping = False
+        self._lock = DaemonLock(endpoints)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._xpub: zmq.Socket[bytes] | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.subscriptions = 0
+        self.publisher: EventPublisher
+        self.services: Any = None  # set by runforged.app: settings, trust, runs, indexes
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Prepare the runtime directory, take the lock, bind. Raises RuntimeDirError."""
+        prepare_runtime_dir(self.endpoints.runtime_dir)
+        self._lock.acquire()
+        try:
+            self._ctx = zmq.Context()
+            old_umask = os.umask(0o077)  # socket files 0600: only this user may connect
+            try:
+                self._router = self._ctx.socket(zmq.ROUTER)
+                self._router.setsockopt(zmq.LINGER, 1000)
+                self._router.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_MESSAGE_BYTES)
+                self._router.setsockopt(zmq.RCVHWM, 10_000)
+                self._router.setsockopt(zmq.SNDHWM, 10_000)
+                self._router.bind(self.endpoints.control)
+                self._xpub = self._ctx.socket(zmq.XPUB)
+                self._xpub.setsockopt(zmq.LINGER, 1000)
+                self._xpub.setsockopt(zmq.SNDHWM, 200_000)
+                self._xpub.setsockopt(zmq.MAXMSGSIZE, 4096)
+                self._xpub.bind(self.endpoints.events)
+            finally:
+                os.umask(old_umask)
+            self.endpoints.pid_path.write_text(f"{os.getpid()}\n")
+        except BaseException:
+            self.close()
+            raise
+        self.publisher = EventPublisher(self._xpub, self.counters)
+
+    def close(self) -> None:
+        for sock in (self._router, self._xpub):
+            if sock is not None:
+                sock.close()
+        self._router = self._xpub = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        with contextlib.suppress(FileNotFoundError):
+            self.endpoints.pid_path.unlink()
+        self._lock.release()
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT or a ``shutdown`` request, then stop cleanly."""
+        assert self._router is not None and self._xpub is not None
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        loop.add_reader(self._router.getsockopt(zmq.FD), self._drain_router)
+        loop.add_reader(self._xpub.getsockopt(zmq.FD), self._drain_xpub)
+        if self.services is not None:
+            await self.services.start()
+        self.publisher.daemon_event(ev.DAEMON_STARTED, {"pid": self.pid})
+        self.notifier.ready(f"serving on {self.endpoints.control}")
+        watchdog = self._spawn(self._watchdog()) if self.notifier.watchdog_interval_s else None
+        log.info("daemon_ready", control=self.endpoints.control, events=self.endpoints.events)
+        if on_ready is not None:
+            on_ready()
+        # A request may have raced the reader registration.
+        loop.call_soon(self._drain_router)
+        await self._stop_requested.wait()
+
+        self.stopping = True
+        log.info("daemon_stopping")
+        self.notifier.stopping()
+        self.publisher.daemon_event(ev.DAEMON_STOPPING, {"pid": self.pid})
+        if self.services is not None:
+            await self.services.stop()
+        # Let in-flight request handlers finish and their replies leave.
+        pending = [t for t in self._tasks if t is not watchdog]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        if watchdog is not None:
+            watchdog.cancel()
+        loop.remove_reader(self._router.getsockopt(zmq.FD))
+        loop.remove_reader(self._xpub.getsockopt(zmq.FD))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("daemon_stopped")
+
+    def request_stop(self, signum: int | None = None) -> None:
+        if signum is not None:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ requests
+
+    def _drain_router(self) -> None:
+        sock = self._router
+        if sock is None:
+            return
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self._on_frames(frames)
+
+    def _drain_xpub(self) -> None:
+        sock = self._xpub
+        if sock is None:
+            return
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] == b"\x01":
+                self.subscriptions += 1
+            elif frame[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        """Split ``[identity, (b"",) payload]`` and answer. REQ peers send the empty
+        delimiter, DEALER peers need not; anything else is a framing error."""
+        self.counters.requests += 1
+        if len(frames) < 2:
+            self.counters.dropped_frames += 1  # no payload and nothing to answer
+            return
+        if frames[1] == b"":
+            envelope, body = frames[:2], frames[2:]
+        else:
+            envelope, body = frames[:1], frames[1:]
+        if len(body) != 1:
+            self._send(
+                envelope,
+                error(
+                    "",
+                    ErrorCode.BAD_REQUEST,
+                    f"expected exactly one payload frame after the envelope, got {len(body)}",
+                    "send one MessagePack-encoded request per message",
+                ),
+            )
+            return
+        payload = body[0]
+        if len(payload) > MAX_MESSAGE_BYTES:
+            self._send(
+                envelope,
+                error(
+                    "",
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"request of {len(payload)} bytes exceeds the limit of "
+                    f"{MAX_MESSAGE_BYTES} bytes",
+                    details={"size": len(payload), "limit": MAX_MESSAGE_BYTES},
+                ),
+            )
+            return
+        try:
+            request = request_decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            loose = _peek(payload)
+            tag = loose.get("type")
+            if isinstance(tag, str) and tag not in REQUEST_TAGS:
+                code, message = ErrorCode.UNKNOWN_REQUEST, f"unknown request type {tag!r}"
+            else:
+                code, message = ErrorCode.BAD_REQUEST, f"invalid request: {exc}"
+            self._send(
+                envelope,
+                error(
+                    _id_of(loose),
+                    code,
+                    message,
+                    "see protocol/PROTOCOL.md for the request types and their fields",
+                    {"known_types": sorted(REQUEST_TAGS)} if code is ErrorCode.UNKNOWN_REQUEST else None,
+                ),
+            )
+            return
+        except msgspec.DecodeError as exc:
+            self._send(
+                envelope,
+                error(
+                    "",
+                    ErrorCode.BAD_REQUEST,
+                    f"undecodable request (expected MessagePack): {exc}",
+                    "encode requests with MessagePack as described in protocol/PROTOCOL.md",
+                ),
+            )
+            return
+        if request.protocol != PROTOCOL_VERSION:
+            self._send(
+                envelope,
+                error(
+                    request.id,
+                    ErrorCode.PROTOCOL_MISMATCH,
+                    f"client speaks protocol {request.protocol}, this daemon speaks "
+                    f"{PROTOCOL_VERSION}",
+                    "upgrade the client (or the daemon) so that both speak the same version",
+                    {"client": request.protocol, "daemon": PROTOCOL_VERSION},
+                ),
+            )
+            return
+        kind = type(request)
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            self._send(
+                envelope,
+                error(request.id, ErrorCode.UNKNOWN_REQUEST, f"no handler for {kind.__name__}"),
+            )
+            return
+        if self.stopping and kind not in ALLOWED_WHILE_STOPPING:
+            self._send(
+                envelope,
+                error(
+                    request.id,
+                    ErrorCode.SHUTTING_DOWN,
+                    "the daemon is shutting down and accepts no new work",
+                    "start it again with 'runforgectl daemon start'",
+                ),
+            )
+            return
+        if inspect.iscoroutinefunction(handler):
+            self._spawn(self._answer_async(envelope, request.id, handler, request))
+            return
+        try:
+            result = handler(self, request)
+        except RunforgeError as exc:
+            self._send(envelope, _error_reply(request.id, exc))
+            return
+        except Exception:
+            log.exception("handler_failed", request=kind.__name__)
+            self._send(envelope, _internal_error(request.id))
+            return
+        self._send(envelope, ok(request.id, result))
+
+    async def _answer_async(
+        self, envelope: list[bytes], request_id: str, handler: Handler, request: Any
+    ) -> None:
+        try:
+            result = await handler(self, request)
+        except RunforgeError as exc:
+            self._send(envelope, _error_reply(request_id, exc))
+        except Exception:
+            log.exception("handler_failed", request=type(request).__name__)
+            self._send(envelope, _internal_error(request_id))
+        else:
+            self._send(envelope, ok(request_id, result))
+
+    def _send(self, envelope: list[bytes], reply: Reply) -> None:
+        if not reply.ok:
+            self.counters.errors += 1
+        sock = self._router
+        if sock is None:
+            return
+        try:
+            sock.send_multipart([*envelope, encode(reply)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.dropped_frames += 1
+        # Sending can consume the descriptor's edge: look for input that arrived meanwhile.
+        asyncio.get_running_loop().call_soon(self._drain_router)
+
+
+_loose_decoder = msgspec.msgpack.Decoder(dict)
+
+
+def _peek(payload: bytes) -> dict[Any, Any]:
+    """The request as a plain map, to salvage its id and type after typed decoding failed."""
+    try:
+        loose: dict[Any, Any] = _loose_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+    return loose
+
+
+def _id_of(loose: dict[Any, Any]) -> str:
+    value = loose.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def _error_reply(request_id: str, exc: RunforgeError) -> Reply:
+    return error(request_id, exc.code, exc.message, exc.remediation, exc.details)
+
+
+def _internal_error(request_id: str) -> Reply:
+    return error(
+        request_id,
+        ErrorCode.INTERNAL_ERROR,
+        "the daemon failed to handle this request (see its log)",
+        "report it with the daemon log; the daemon keeps serving",
+    )
