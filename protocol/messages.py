@@ -12,7 +12,7 @@ bumps ``PROTOCOL_VERSION``.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Union, get_args
 
 import msgspec
 
@@ -188,7 +188,7 @@ Request = Union[  # noqa: UP007 - msgspec needs a runtime Union object for the d
     Recover,
 ]
 
-REQUEST_TAGS = frozenset(t.__struct_config__.tag for t in Request.__args__)
+REQUEST_TAGS = frozenset(t.__struct_config__.tag for t in get_args(Request))
 
 
 # --------------------------------------------------------------------------- results
@@ -418,7 +418,7 @@ class Reply(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- codec
 
 _encoder = msgspec.msgpack.Encoder()
-request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)  # type: ignore[arg-type]
+request_decoder = msgspec.msgpack.Decoder(Request)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
 event_decoder = msgspec.msgpack.Decoder(Event)
 

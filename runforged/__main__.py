@@ -80,7 +80,8 @@ def detach(endpoints: Endpoints, args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "runforged", "--runtime-dir", str(endpoints.runtime_dir)]
     argv += ["--log-level", args.log_level, "--log-format", args.log_format or "json"]
     log_path = endpoints.runtime_dir / "runforged.log"
-    with open(log_path, "ab") as log_file:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with os.fdopen(log_fd, "ab") as log_file:
         subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -7,7 +7,6 @@ import sys
 
 import structlog
 
-
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,

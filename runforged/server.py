@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -37,7 +37,6 @@ from protocol.messages import (
     ok,
     request_decoder,
 )
-from runforged import __version__
 from runforged.errors import RunforgeError
 from runforged.runtime import DaemonLock, prepare_runtime_dir
 from runforged.sdnotify import SystemdNotifier
@@ -178,8 +177,8 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
-        loop.add_reader(self._router.getsockopt(zmq.FD), self._drain_router)
-        loop.add_reader(self._xpub.getsockopt(zmq.FD), self._drain_xpub)
+        loop.add_reader(self._router.fileno(), self._drain_router)
+        loop.add_reader(self._xpub.fileno(), self._drain_xpub)
         if self.services is not None:
             await self.services.start()
         self.publisher.daemon_event(ev.DAEMON_STARTED, {"pid": self.pid})
@@ -204,8 +203,8 @@ class Daemon:
             await asyncio.wait(pending, timeout=10)
         if watchdog is not None:
             watchdog.cancel()
-        loop.remove_reader(self._router.getsockopt(zmq.FD))
-        loop.remove_reader(self._xpub.getsockopt(zmq.FD))
+        loop.remove_reader(self._router.fileno())
+        loop.remove_reader(self._xpub.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("daemon_stopped")
@@ -237,7 +236,7 @@ class Daemon:
         sock = self._router
         if sock is None:
             return
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while _readable(sock):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -248,7 +247,7 @@ class Daemon:
         sock = self._xpub
         if sock is None:
             return
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while _readable(sock):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -309,7 +308,9 @@ class Daemon:
                     code,
                     message,
                     "see protocol/PROTOCOL.md for the request types and their fields",
-                    {"known_types": sorted(REQUEST_TAGS)} if code is ErrorCode.UNKNOWN_REQUEST else None,
+                    {"known_types": sorted(REQUEST_TAGS)}
+                    if code is ErrorCode.UNKNOWN_REQUEST
+                    else None,
                 ),
             )
             return
@@ -395,6 +396,10 @@ class Daemon:
             self.counters.dropped_frames += 1
         # Sending can consume the descriptor's edge: look for input that arrived meanwhile.
         asyncio.get_running_loop().call_soon(self._drain_router)
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 _loose_decoder = msgspec.msgpack.Decoder(dict)

@@ -1,0 +1,701 @@
+"""``runforgectl``: the command-line client of runforged (one subcommand per request)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol import messages as m
+from protocol.discovery import RUNTIME_DIR_ENV, Endpoints
+from protocol.records import RunState
+from runforgectl import output
+from runforgectl.client import Client, DaemonError, DaemonUnavailable
+from runforgectl.follow import ProgressDisplay, follow_run
+
+# Exit status (DESIGN §11 for 0-3; run outcomes from 10 up, the same meaning everywhere).
+EXIT_OK = 0
+EXIT_DAEMON_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_CANCELLED_FORCED = 10
+EXIT_COMPLETED_DESPITE_CANCEL = 11  # `cancel`: training won the race
+EXIT_RUN_FAILED = 12
+EXIT_CANCELLED_GRACEFUL = 13  # `train`: the run you followed was cancelled (gracefully)
+EXIT_RUN_LOST = 14
+
+TRAIN_EXIT = {
+    RunState.COMPLETED: EXIT_OK,
+    RunState.FAILED: EXIT_RUN_FAILED,
+    RunState.CANCELLED_GRACEFUL: EXIT_CANCELLED_GRACEFUL,
+    RunState.CANCELLED_FORCED: EXIT_CANCELLED_FORCED,
+    RunState.LOST: EXIT_RUN_LOST,
+}
+CANCEL_EXIT = {
+    **TRAIN_EXIT,
+    RunState.COMPLETED: EXIT_COMPLETED_DESPITE_CANCEL,
+    RunState.CANCELLED_GRACEFUL: EXIT_OK,
+}
+
+SERVICE_NAME = "runforged.service"
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = args.json
+        self.endpoints = Endpoints.resolve(args.runtime_dir)
+        self.client = Client(self.endpoints, timeout_s=args.timeout)
+
+    def workspace(self) -> str:
+        return os.path.abspath(self.args.workspace or os.getcwd())
+
+    def call(self, request: m.RequestBase, timeout_s: float | None = None) -> Any:
+        return self.client.result(request, timeout_s)
+
+
+# ---------------------------------------------------------------------- daemon commands
+
+
+def cmd_ping(ctx: Context) -> int:
+    result = ctx.call(m.Hello(client="runforgectl"))
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(
+            f"runforged {result.daemon_version} (protocol {result.protocol}) pid {result.pid}, "
+            f"up {output.duration(result.uptime_s)}"
+        )
+    return EXIT_OK
+
+
+def cmd_status(ctx: Context) -> int:
+    workspace = ctx.workspace() if ctx.args.workspace else None
+    result: m.StatusResult = ctx.call(m.Status(workspace=workspace))
+    if ctx.json:
+        output.print_json(result)
+        return EXIT_OK
+    c = result.counters
+    output.key_values(
+        [
+            ("daemon", f"runforged {result.daemon_version}, pid {result.pid}"),
+            ("protocol", result.protocol),
+            ("uptime", output.duration(result.uptime_s)),
+            ("runtime dir", result.runtime_dir),
+            ("control", result.control_endpoint),
+            ("events", result.events_endpoint),
+            ("state", "stopping" if result.stopping else "serving"),
+            ("runs", f"{result.active_runs} active, {result.queued_runs} queued"),
+            ("requests", f"{c.requests} ({c.errors} errors, {c.dropped_frames} dropped frames)"),
+            ("events published", c.events_published),
+            ("invalid trainer lines", c.invalid_trainer_lines),
+        ]
+    )
+    if result.workspace is not None:
+        ws = result.workspace
+        print()
+        output.orphan_banner(ws.orphans)
+        print(f"workspace {ws.workspace} ({'trusted' if ws.trusted else 'NOT trusted'})")
+        _print_settings(ws.settings, ws.warnings)
+        if ws.interpreter is not None:
+            i = ws.interpreter
+            state = "supported" if i.supported else (i.error.message if i.error else "unsupported")
+            print(f"\ninterpreter  {i.python_path} -> Python {i.version or '?'} ({state})")
+        if ws.gpu is not None:
+            g = ws.gpu
+            gpu = f"{g.name} ({g.free_mib} MiB free)" if g.available else "none"
+            print(f"gpu          {gpu} via {g.method}; device choice: {g.chosen_device}")
+    return EXIT_OK
+
+
+def cmd_daemon_start(ctx: Context) -> int:
+    try:
+        reply = Client(ctx.endpoints, timeout_s=2).result(m.Ping())
+        assert isinstance(reply, m.HelloResult)
+        print(f"runforged is already running (pid {reply.pid})")
+        return EXIT_OK
+    except (DaemonUnavailable, DaemonError):
+        pass
+    runforged = _runforged_command()
+    proc = subprocess.run(
+        [*runforged, "--runtime-dir", str(ctx.endpoints.runtime_dir), "--detach"],
+        capture_output=True,
+        text=True,
+        timeout=max(ctx.args.timeout, 30),
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr or proc.stdout)
+        return EXIT_UNAVAILABLE
+    result = ctx.call(m.Hello(client="runforgectl"))
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(f"runforged started (pid {result.pid}) on {ctx.endpoints.control}")
+    return EXIT_OK
+
+
+def cmd_daemon_stop(ctx: Context) -> int:
+    try:
+        result: m.ShutdownResult = ctx.call(m.Shutdown())
+    except DaemonUnavailable:
+        if ctx.json:
+            output.print_json({"stopped": False, "running": False})
+        else:
+            print("runforged is not running")
+        return EXIT_OK
+    if result.cancelling_runs and not ctx.json:
+        print(
+            f"cancelling {len(result.cancelling_runs)} run(s): {', '.join(result.cancelling_runs)}"
+        )
+    # The daemon removes its socket files last, once everything is closed.
+    deadline = time.monotonic() + max(ctx.args.timeout, 60)
+    while ctx.endpoints.control_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stopped = not ctx.endpoints.control_path.exists()
+    if ctx.json:
+        output.print_json({"stopped": stopped, "cancelled_runs": result.cancelling_runs})
+    elif stopped:
+        print("runforged stopped")
+    else:
+        print("runforged did not stop in time", file=sys.stderr)
+    return EXIT_OK if stopped else EXIT_UNAVAILABLE
+
+
+def cmd_daemon_install_service(ctx: Context) -> int:
+    runforged = shutil.which("runforged") or str(Path(sys.executable).with_name("runforged"))
+    unit_dir = (
+        Path(os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config"))) / "systemd" / "user"
+    )
+    target = Path(ctx.args.dest) if ctx.args.dest else unit_dir / SERVICE_NAME
+    text = render_unit(runforged)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+    if ctx.json:
+        output.print_json({"path": str(target), "exec": runforged})
+    else:
+        print(f"wrote {target}")
+        print(
+            "enable it with: systemctl --user daemon-reload && "
+            "systemctl --user enable --now runforged"
+        )
+    return EXIT_OK
+
+
+def render_unit(runforged: str) -> str:
+    from runforgectl.service import UNIT_TEMPLATE
+
+    return UNIT_TEMPLATE.replace("@RUNFORGED@", runforged)
+
+
+def _runforged_command() -> list[str]:
+    # Prefer the interpreter we run under: the same installation as this client.
+    return [sys.executable, "-m", "runforged"]
+
+
+# ---------------------------------------------------------------------- trust & settings
+
+
+def cmd_trust(ctx: Context) -> int:
+    if ctx.args.list or not ctx.args.path:
+        result: m.TrustResult = ctx.call(m.ListTrusted())
+        if ctx.json:
+            output.print_json(result)
+        elif result.trusted:
+            output.table(["trusted folder"], [[p] for p in result.trusted])
+        else:
+            print("no trusted folders (trust one with: runforgectl trust PATH)")
+        return EXIT_OK
+    result = ctx.call(m.TrustPath(path=os.path.abspath(ctx.args.path)))
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(f"{'trusted' if result.changed else 'already trusted'}: {result.path}")
+    return EXIT_OK
+
+
+def cmd_untrust(ctx: Context) -> int:
+    result: m.TrustResult = ctx.call(m.UntrustPath(path=os.path.abspath(ctx.args.path)))
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(f"{'untrusted' if result.changed else 'was not trusted'}: {result.path}")
+    return EXIT_OK
+
+
+def cmd_settings(ctx: Context) -> int:
+    result: m.SettingsResult = ctx.call(m.GetSettings(workspace=ctx.workspace()))
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(f"effective settings for {result.workspace}")
+        _print_settings(result.settings, result.warnings)
+    return EXIT_OK
+
+
+def _print_settings(settings: list[m.SettingValue], warnings: list[str]) -> None:
+    output.table(
+        ["setting", "value", "source"],
+        [[s.key, s.value, f"{s.source}" + (f" ({s.file})" if s.file else "")] for s in settings],
+    )
+    for warning in warnings:
+        print(f"warning: {warning}")
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def cmd_train(ctx: Context) -> int:
+    a = ctx.args
+    params: dict[str, str] = {}
+    for item in a.param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"runforgectl: --param expects NAME=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        params[key] = value
+    request = m.Train(
+        workspace=ctx.workspace(),
+        preset=a.preset,
+        model=a.model,
+        profile=a.profile,
+        dataset=os.path.abspath(a.dataset) if a.dataset else None,
+        name=a.name,
+        seed=a.seed,
+        params=params,
+        grace_s=a.grace,
+        device=a.device,
+    )
+    result: m.TrainResult = ctx.call(request)
+    run = result.run
+    if a.detach:
+        if ctx.json:
+            output.print_json(result)
+        else:
+            print(run.run_id)
+        return EXIT_OK
+    if not ctx.json:
+        where = f" (queued, position {run.queue_position})" if run.state is RunState.QUEUED else ""
+        print(f"{run.run_id}{where}")
+    return _follow_to_end(ctx, run.workspace, run.run_id, TRAIN_EXIT, cancel_on_interrupt=True)
+
+
+def _follow_to_end(
+    ctx: Context,
+    workspace: str,
+    run_id: str,
+    exit_codes: dict[RunState, int],
+    cancel_on_interrupt: bool,
+) -> int:
+    display = ProgressDisplay()
+
+    def on_event(event: m.Event) -> None:
+        if ctx.json:
+            output.print_json(event)
+        else:
+            display(event)
+
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted or not cancel_on_interrupt:
+            raise KeyboardInterrupt
+        interrupted = True
+        if not ctx.json:
+            print("\ninterrupted: cancelling the run gracefully (Ctrl-C again to stop watching)")
+        ctx.call(m.Cancel(workspace=workspace, run_id=run_id))
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        terminal = follow_run(ctx.client, workspace, run_id, 0, on_event)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; the run goes on in the daemon ({run_id})", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if terminal is None:
+        return EXIT_DAEMON_ERROR
+    state = RunState(terminal.data.get("state", "failed"))
+    if not ctx.json:
+        _print_terminal(terminal.data)
+    return exit_codes.get(state, EXIT_RUN_FAILED)
+
+
+def _print_terminal(data: dict[str, Any]) -> None:
+    rows: list[tuple[str, Any]] = [("state", data.get("state"))]
+    if data.get("reason"):
+        rows.append(("reason", data.get("reason")))
+    if data.get("exit_code") is not None:
+        rows.append(("exit code", data.get("exit_code")))
+    if data.get("duration_ms") is not None:
+        rows.append(("duration", output.duration(data["duration_ms"] / 1000)))
+    for name, value in sorted((data.get("final_metrics") or {}).items()):
+        rows.append((name, value))
+    if data.get("partial_artifacts"):
+        rows.append(("partial artifacts", ", ".join(data["partial_artifacts"])))
+    if data.get("index_status"):
+        rows.append(("index", data.get("index_status")))
+    print()
+    output.key_values(rows)
+
+
+def cmd_cancel(ctx: Context) -> int:
+    a = ctx.args
+    workspace = ctx.workspace() if (a.workspace or not a.run_id) else None
+    result: m.CancelResult = ctx.call(
+        m.Cancel(workspace=workspace, run_id=a.run_id, grace_s=a.grace)
+    )
+    run = result.run
+    if a.no_wait:
+        if ctx.json:
+            output.print_json(result)
+        else:
+            note = " (already cancelling)" if result.already_cancelling else ""
+            print(f"cancelling {run.run_id}{note}")
+        return EXIT_OK
+    if not ctx.json:
+        note = " (already cancelling)" if result.already_cancelling else ""
+        print(f"cancelling {run.run_id}{note}")
+    if run.state.terminal:
+        # A queued run is removed at once: nothing to follow.
+        if ctx.json:
+            output.print_json(result)
+        else:
+            print(f"state: {run.state.value}")
+        return CANCEL_EXIT.get(run.state, EXIT_OK)
+    return _follow_to_end(ctx, run.workspace, run.run_id, CANCEL_EXIT, cancel_on_interrupt=False)
+
+
+def cmd_active(ctx: Context) -> int:
+    workspace = ctx.workspace() if ctx.args.workspace else None
+    result: m.ActiveResult = ctx.call(m.Active(workspace=workspace))
+    if ctx.json:
+        output.print_json(result)
+    elif not result.runs:
+        print("no active runs")
+    else:
+        output.table(
+            ["run", "state", "model", "pid", "queue", "workspace"],
+            [
+                [r.run_id, r.state.value, r.model, r.pid, r.queue_position, r.workspace]
+                for r in result.runs
+            ],
+        )
+    return EXIT_OK
+
+
+def cmd_runs(ctx: Context) -> int:
+    if ctx.args.recover:
+        report: m.RecoverResult = ctx.call(m.Recover(workspace=ctx.workspace()), timeout_s=300)
+        if not ctx.json:
+            recovered = report.report.get("recovered", [])
+            print(f"recovered {len(recovered)} run(s)\n")
+    result: m.RunsResult = ctx.call(m.ListRuns(workspace=ctx.workspace()))
+    if ctx.json:
+        output.print_json(result)
+        return EXIT_OK
+    output.orphan_banner(result.orphans)
+    rows: list[list[Any]] = []
+    for o in result.orphans:
+        rows.append([o.run_id, "ORPHANED", "-", o.created_at, "-", o.error or "not in index"])
+    for r in result.runs:
+        metric = r.final_metrics.get("accuracy")
+        note = r.reason or ("" if r.index_status.value == "indexed" else r.index_status.value)
+        rows.append([r.run_id, r.state.value, r.model, r.created_at, metric, note])
+    if not rows:
+        print(f"no runs in {result.workspace}")
+        return EXIT_OK
+    output.table(["run", "state", "model", "created", "accuracy", "note"], rows)
+    return EXIT_OK
+
+
+def _document_command(kind: type[m.RequestBase]) -> Any:
+    def run(ctx: Context) -> int:
+        request = kind(workspace=ctx.workspace(), run_id=ctx.args.run_id)  # type: ignore[call-arg]
+        result: m.DocumentResult = ctx.call(request)
+        if ctx.json:
+            output.print_json(result)
+            return EXIT_OK
+        output.orphan_banner(result.orphans)
+        print(f"{result.kind} of run {result.run_id} ({result.path})")
+        _print_document(result.kind, result.document)
+        return EXIT_OK
+
+    return run
+
+
+def _print_document(kind: str, document: Any) -> None:
+    rows = _ranked_rows(document) if kind in ("feature_importance", "coefficients") else None
+    if rows:
+        output.table(["feature", "value"], rows)
+    else:
+        output.key_values(output.flatten(document))
+
+
+def _ranked_rows(document: Any) -> list[list[Any]] | None:
+    """Feature importance / coefficient documents as (feature, value) rows, largest first."""
+    if not isinstance(document, dict):
+        return None
+    for key in ("features", "importances", "feature_importances", "coefficients"):
+        items = document.get(key)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            rows = []
+            for item in items:
+                name = item.get("name") or item.get("feature")
+                value = next(
+                    (item[k] for k in ("importance", "value", "coefficient") if k in item), None
+                )
+                if name is not None and isinstance(value, (int, float)):
+                    rows.append([name, value])
+            rows.sort(key=lambda r: -abs(r[1]))
+            return rows or None
+    return None
+
+
+def cmd_export_md(ctx: Context) -> int:
+    result: m.MarkdownResult = ctx.call(
+        m.ExportMarkdown(workspace=ctx.workspace(), run_id=ctx.args.run_id)
+    )
+    if ctx.json:
+        output.print_json(result)
+    else:
+        output.orphan_banner(result.orphans)
+        print(f"wrote {result.path}")
+    return EXIT_OK
+
+
+def cmd_inspect_dataset(ctx: Context) -> int:
+    request = m.InspectDataset(
+        workspace=ctx.workspace(), path=os.path.abspath(ctx.args.csv), label=ctx.args.label
+    )
+    result: m.InspectResult = ctx.call(request, timeout_s=max(ctx.args.timeout, 60))
+    return _print_inspect(ctx, result)
+
+
+def cmd_inspect_artifact(ctx: Context) -> int:
+    request = m.InspectArtifact(workspace=ctx.workspace(), path=os.path.abspath(ctx.args.pkl))
+    result: m.InspectResult = ctx.call(request, timeout_s=max(ctx.args.timeout, 60))
+    return _print_inspect(ctx, result)
+
+
+def _print_inspect(ctx: Context, result: m.InspectResult) -> int:
+    if ctx.json:
+        output.print_json(result)
+    else:
+        output.orphan_banner(result.orphans)
+        print(result.path)
+        output.key_values(output.flatten(result.document))
+    return EXIT_OK
+
+
+def cmd_recover(ctx: Context) -> int:
+    result: m.RecoverResult = ctx.call(
+        m.Recover(workspace=ctx.workspace()), timeout_s=max(ctx.args.timeout, 300)
+    )
+    if ctx.json:
+        output.print_json(result.report)
+        return EXIT_OK
+    from runforgectl.recovery_report import render_markdown, render_text
+
+    if ctx.args.markdown:
+        sys.stdout.write(render_markdown(result.workspace, result.report))
+    else:
+        render_text(result.workspace, result.report)
+    return EXIT_OK
+
+
+def cmd_events(ctx: Context) -> int:
+    a = ctx.args
+    if a.run:
+        ws = os.path.realpath(ctx.workspace())
+
+        def emit(event: m.Event) -> None:
+            if ctx.json:
+                output.print_json(event)
+            else:
+                print(_event_line(event), flush=True)
+
+        try:
+            follow_run(ctx.client, ws, a.run, a.since, emit)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        return EXIT_OK
+    from protocol import events as ev
+
+    ctx.call(m.Ping())  # fail fast, with exit 3, when no daemon is there
+    prefix = ev.run_topic_prefix(os.path.realpath(ctx.workspace())) if a.workspace else b""
+    ctx.client.subscribe(prefix)
+    try:
+        while True:
+            for event in ctx.client.next_events(timeout_s=1.0):
+                if ctx.json:
+                    output.print_json(event)
+                else:
+                    print(_event_line(event), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _event_line(event: m.Event) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    where = f" {event.run_id}#{event.run_seq}" if event.run_id else ""
+    data = {k: v for k, v in event.data.items() if k not in ("event", "timestamp", "run_id")}
+    return f"{stamp} [{event.seq}]{where} {event.type} {output._json.encode(data).decode()}"
+
+
+def cmd_sample_data(ctx: Context) -> int:
+    """Copy the bundled sample datasets into a folder (default: the workspace)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("runforge_runner")
+    if spec is None or not spec.submodule_search_locations:
+        print("runforgectl: the runforge_runner package is not installed", file=sys.stderr)
+        return EXIT_DAEMON_ERROR
+    source = Path(next(iter(spec.submodule_search_locations))) / "data"
+    dest = Path(ctx.args.dest or ctx.workspace()).absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in sorted(source.iterdir()):
+        if item.suffix == ".csv":
+            shutil.copyfile(item, dest / item.name)
+            written.append(str(dest / item.name))
+    if ctx.json:
+        output.print_json({"written": written})
+    else:
+        for path in written:
+            print(path)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    ws = argparse.ArgumentParser(add_help=False)
+    ws.add_argument("--workspace", "-w", help="workspace folder (default: current directory)")
+
+    parser = argparse.ArgumentParser(
+        prog="runforgectl", description="Client of the RunForge daemon.", parents=[common]
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        help=f"daemon runtime directory (default: ${RUNTIME_DIR_ENV} or the per-user default)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Any, help: str, parents: list[argparse.ArgumentParser] | None = None
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, parents=[common, *(parents or [])])
+        p.set_defaults(fn=fn)
+        return p
+
+    add("ping", cmd_ping, "check that the daemon answers")
+    add("status", cmd_status, "daemon status (with --workspace: settings, interpreter, GPU)", [ws])
+    daemon = sub.add_parser("daemon", help="start, stop or install the daemon", parents=[common])
+    dsub = daemon.add_subparsers(dest="daemon_command", required=True, metavar="ACTION")
+    for name, fn, help_text in (
+        ("start", cmd_daemon_start, "start the daemon in the background"),
+        ("stop", cmd_daemon_stop, "stop the daemon (cancels in-flight runs gracefully)"),
+    ):
+        dsub.add_parser(name, help=help_text, parents=[common]).set_defaults(fn=fn)
+    install = dsub.add_parser(
+        "install-service", help="write the systemd user unit", parents=[common]
+    )
+    install.add_argument(
+        "--dest", help="unit file path (default: ~/.config/systemd/user/runforged.service)"
+    )
+    install.set_defaults(fn=cmd_daemon_install_service)
+
+    p = add("trust", cmd_trust, "trust a workspace folder (and everything beneath it)")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--list", action="store_true", help="list trusted folders")
+    add("untrust", cmd_untrust, "stop trusting a folder").add_argument("path")
+    add("settings", cmd_settings, "effective settings and where each comes from", [ws])
+
+    p = add("train", cmd_train, "start a training run and follow it", [ws])
+    p.add_argument("--preset", choices=["std-train", "hq-train"])
+    p.add_argument("--model", choices=["logistic_regression", "random_forest", "linear_svc"])
+    p.add_argument("--profile")
+    p.add_argument("--dataset", help="CSV file (default: the datasetPath setting)")
+    p.add_argument("--name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--param", action="append", metavar="NAME=VALUE")
+    p.add_argument("--grace", type=float, help="cancel grace window in seconds")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--detach", action="store_true", help="print the run id and return")
+
+    p = add("cancel", cmd_cancel, "cancel a run (default: the workspace's active run)", [ws])
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--grace", type=float, help="seconds before SIGKILL (0: at once)")
+    p.add_argument("--no-wait", action="store_true", help="return once the cancel is under way")
+
+    p = add("recover", cmd_recover, "re-add orphaned runs to the index", [ws])
+    p.add_argument("--markdown", action="store_true", help="render the report as Markdown")
+    p = add("runs", cmd_runs, "list runs: orphans first, then newest first", [ws])
+    p.add_argument("--recover", action="store_true", help="recover orphans first, then list")
+    for name, kind, help_text in (
+        ("show", m.ShowRun, "a run's metadata (default: the latest run)"),
+        ("metrics", m.GetMetrics, "a run's metrics"),
+        ("feature-importance", m.GetFeatureImportance, "a run's feature importance"),
+        ("coefficients", m.GetCoefficients, "a run's linear coefficients"),
+        ("interpretability", m.GetInterpretability, "a run's interpretability index"),
+    ):
+        add(name, _document_command(kind), help_text, [ws]).add_argument("run_id", nargs="?")
+    add("export-md", cmd_export_md, "write run-summary.md for a run", [ws]).add_argument(
+        "run_id", nargs="?"
+    )
+    p = add("inspect-dataset", cmd_inspect_dataset, "describe a CSV dataset", [ws])
+    p.add_argument("csv")
+    p.add_argument("--label")
+    add("inspect-artifact", cmd_inspect_artifact, "describe a model artifact", [ws]).add_argument(
+        "pkl"
+    )
+    add("active", cmd_active, "queued, running and cancelling runs", [ws])
+    p = add("events", cmd_events, "stream events (one per line)", [ws])
+    p.add_argument("--run", help="one run: replay its events, then follow it to its end")
+    p.add_argument("--since", type=int, default=0, help="with --run: start after this run_seq")
+    p = add("sample-data", cmd_sample_data, "copy the bundled sample datasets into a folder", [ws])
+    p.add_argument("dest", nargs="?", help="destination folder (default: the workspace)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    ctx = Context(args)
+    try:
+        code: int = args.fn(ctx)
+        return code
+    except DaemonUnavailable as exc:
+        if ctx.json:
+            output.print_json({"code": "DAEMON_UNAVAILABLE", "message": str(exc)})
+        print(f"runforgectl: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except DaemonError as exc:
+        if ctx.json:
+            output.print_json(exc.error)
+        output.error(exc.error)
+        return EXIT_DAEMON_ERROR
+    finally:
+        ctx.client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

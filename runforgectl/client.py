@@ -1,0 +1,131 @@
+"""A synchronous client of runforged: one DEALER for requests, one SUB for events.
+
+Imports only pyzmq, msgspec and ``protocol``: editors and scripts call runforgectl all the
+time, so start-up cost matters more here than anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+
+import msgspec
+import zmq
+
+from protocol import messages as m
+from protocol.discovery import Endpoints
+
+
+class DaemonUnavailable(Exception):
+    """The daemon is not running, or did not answer in time."""
+
+
+class DaemonError(Exception):
+    """The daemon answered with a structured error."""
+
+    def __init__(self, reply: m.Reply) -> None:
+        assert reply.error is not None
+        super().__init__(reply.error.message)
+        self.error = reply.error
+
+
+class Client:
+    def __init__(self, endpoints: Endpoints, timeout_s: float = 10.0) -> None:
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._control: zmq.Socket[bytes] | None = None
+        self._events: zmq.Socket[bytes] | None = None
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-"
+
+    def close(self) -> None:
+        for sock in (self._control, self._events):
+            if sock is not None:
+                sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def not_running_message(self) -> str:
+        return (
+            f"runforged is not running (no answer on {self.endpoints.control_path}); "
+            f"start it with 'runforgectl daemon start'"
+        )
+
+    def _control_socket(self) -> zmq.Socket[bytes]:
+        if self._control is None:
+            if not self.endpoints.control_path.exists():
+                raise DaemonUnavailable(self.not_running_message())
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoints.control)
+            self._control = sock
+        return self._control
+
+    def call(self, request: m.RequestBase, timeout_s: float | None = None) -> m.Reply:
+        """Send ``request`` and wait for its reply (matched on the request id)."""
+        sock = self._control_socket()
+        request.id = f"{self._prefix}{next(self._ids)}"
+        sock.send(m.encode(request))
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                # The socket may now hold a late reply: never reuse it.
+                sock.close(linger=0)
+                self._control = None
+                if not self.endpoints.control_path.exists():
+                    raise DaemonUnavailable(self.not_running_message())
+                raise DaemonUnavailable(
+                    f"runforged did not answer within {self.timeout_s:g} s on "
+                    f"{self.endpoints.control_path} (raise --timeout, or check "
+                    f"'runforgectl status')"
+                )
+            reply = m.reply_decoder.decode(sock.recv())
+            if reply.id == request.id:
+                return reply
+
+    def result(self, request: m.RequestBase, timeout_s: float | None = None) -> m.Result:
+        reply = self.call(request, timeout_s)
+        if not reply.ok or reply.result is None:
+            raise DaemonError(reply)
+        return reply.result
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, prefix: bytes = b"") -> None:
+        """Connect the event socket and subscribe to a topic prefix (call before the
+        request whose events you want, then allow for ZeroMQ's subscription delay by
+        replaying what was missed)."""
+        if self._events is None:
+            sock = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 200_000)
+            sock.connect(self.endpoints.events)
+            self._events = sock
+        self._events.setsockopt(zmq.SUBSCRIBE, prefix)
+
+    def next_events(self, timeout_s: float) -> Iterator[m.Event]:
+        """Events that arrive within ``timeout_s`` (all that are queued, then stop)."""
+        assert self._events is not None, "subscribe() first"
+        sock = self._events
+        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            try:
+                yield m.event_decoder.decode(frames[1])
+            except msgspec.DecodeError:
+                continue

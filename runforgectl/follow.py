@@ -1,0 +1,144 @@
+"""Following a run's events to its end: replay what was missed, then live, no gap, no
+duplicate; plus the progress and countdown displays built on it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from protocol import events as ev
+from protocol import messages as m
+from runforgectl.client import Client
+from runforgectl.output import duration
+
+# With no event for this long, ask the daemon directly (covers a terminal event that was
+# published before our subscription took effect).
+IDLE_CHECK_S = 1.0
+
+
+def follow_run(
+    client: Client,
+    workspace: str,
+    run_id: str,
+    since: int,
+    on_event: Callable[[m.Event], None],
+) -> m.Event | None:
+    """Deliver every event of the run with ``run_seq > since`` exactly once and in order,
+    until its ``run_terminal`` event; return that event."""
+    client.subscribe(ev.run_topic_prefix(workspace, run_id))
+    last = since
+    terminal: m.Event | None = None
+
+    def replay() -> bool:
+        nonlocal last, terminal
+        while True:
+            result = client.result(m.Replay(workspace=workspace, run_id=run_id, since=last))
+            assert isinstance(result, m.ReplayResult)
+            for event in result.events:
+                if event.run_seq > last:
+                    last = event.run_seq
+                    on_event(event)
+                    if event.type == ev.RUN_TERMINAL:
+                        terminal = event
+            if not result.events or last >= result.last_run_seq:
+                return result.terminal
+
+    if replay():
+        return terminal
+    idle_since = time.monotonic()
+    while terminal is None:
+        got_any = False
+        for event in client.next_events(timeout_s=0.2):
+            got_any = True
+            if event.run_seq <= last:
+                continue  # already delivered by a replay
+            if event.run_seq > last + 1:
+                replay()  # a gap: fill it from the persisted events
+                if event.run_seq <= last:
+                    continue
+            last = event.run_seq
+            on_event(event)
+            if event.type == ev.RUN_TERMINAL:
+                terminal = event
+                break
+        if got_any:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > IDLE_CHECK_S:
+            if replay():
+                break
+            idle_since = time.monotonic()
+    return terminal
+
+
+class ProgressDisplay:
+    """Renders a run's events for a person: one redrawn line on a terminal, plain lines
+    otherwise."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.started: float | None = None
+        self._line_open = False
+
+    def _status(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + text)
+            self._line_open = True
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def _say(self, text: str) -> None:
+        if self._line_open:
+            self.out.write("\n")
+            self._line_open = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def __call__(self, event: m.Event) -> None:
+        data: dict[str, Any] = event.data
+        kind = event.type
+        if self.started is None:
+            self.started = event.ts
+        elapsed = event.ts - self.started
+        if kind == "run_start":
+            family, preset = data.get("model_family", "?"), data.get("preset_id", "?")
+            self._say(f"run {event.run_id}: {family} ({preset})")
+        elif kind == "dataset_loaded":
+            self._say(
+                f"dataset: {data.get('num_samples')} rows, {data.get('num_features')} features"
+                f", label '{data.get('label_column', 'label')}'"
+            )
+        elif kind == "train_progress":
+            epoch, total = int(data.get("epoch", 0)), int(data.get("total_epochs", 1) or 1)
+            parts = [f"step {epoch}/{total}"]
+            if "val_accuracy" in data:
+                parts.append(f"val_acc {data['val_accuracy']:.4f}")
+            if "loss" in data:
+                parts.append(f"loss {data['loss']:.4f}")
+            parts.append(f"elapsed {duration(elapsed)}")
+            if epoch > 0:
+                parts.append(f"ETA {duration(elapsed / epoch * max(0, total - epoch))}")
+            self._status("  ".join(parts))
+        elif kind == "train_finished":
+            self._say(f"training finished in {duration(elapsed)}")
+        elif kind == "metrics_computed":
+            self._say("metrics computed")
+        elif kind == ev.CANCEL_REQUESTED:
+            self._say(f"cancel requested (grace {data.get('grace_s', '?')} s)")
+        elif kind == ev.CANCEL_COUNTDOWN:
+            self._status(f"Cancelling… {data.get('seconds_remaining')} s")
+        elif kind == "cancelling":
+            self._status(f"Cancelling… {data.get('seconds_remaining')} s (trainer flushing)")
+        elif kind == ev.CANCEL_ESCALATED:
+            self._say("grace expired: process tree killed (SIGKILL)")
+        elif kind == ev.INDEX_ORPHANED:
+            err = data.get("error", {})
+            self._say(f"! index update failed ({err.get('message', '?')}); run is orphaned")
+        elif kind == ev.RUN_TERMINAL:
+            self._say(f"run {event.run_id}: {data.get('state')}")
+        elif kind == "run_failed":
+            err = data.get("error", {})
+            self._say(f"runner error: {err.get('message', '?')}")

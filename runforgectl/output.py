@@ -1,0 +1,102 @@
+"""Human output: aligned tables, the orphan banner, and JSON for machines."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+import msgspec
+
+from protocol import messages as m
+
+_json = msgspec.json.Encoder()
+
+
+def print_json(value: Any, out: TextIO | None = None) -> None:
+    """Exactly one JSON document (or one line of a JSON-lines stream)."""
+    stream = out or sys.stdout
+    stream.write(_json.encode(value).decode() + "\n")
+    stream.flush()
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    line = "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()
+    stream.write(line + "\n")
+    stream.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        stream.write("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip() + "\n")
+
+
+def key_values(pairs: Iterable[tuple[str, Any]], out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    items = [(k, _cell(v)) for k, v in pairs]
+    width = max((len(k) for k, _ in items), default=0)
+    for key, value in items:
+        stream.write(f"{key.ljust(width)}  {value}\n")
+
+
+def flatten(document: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``[("a.b", 1), ("c", "1, 2")]``: any JSON
+    document as key/value rows."""
+    if isinstance(document, dict):
+        rows: list[tuple[str, Any]] = []
+        for key, value in document.items():
+            rows.extend(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return rows
+    if isinstance(document, list) and all(not isinstance(v, (dict, list)) for v in document):
+        return [(prefix, ", ".join(_cell(v) for v in document))]
+    if isinstance(document, list):
+        rows = []
+        for i, value in enumerate(document):
+            rows.extend(flatten(value, f"{prefix}[{i}]"))
+        return rows
+    return [(prefix, document)]
+
+
+def orphan_banner(orphans: Sequence[m.OrphanInfo], out: TextIO | None = None) -> None:
+    if not orphans:
+        return
+    stream = out or sys.stdout
+    noun = "run is" if len(orphans) == 1 else "runs are"
+    stream.write(
+        f"! {len(orphans)} {noun} on disk but missing from the index (orphaned): "
+        f"{', '.join(o.run_id for o in orphans[:5])}{' ...' if len(orphans) > 5 else ''}\n"
+        f"! Run 'runforgectl recover' to put them back.\n\n"
+    )
+
+
+def error(err: m.ErrorInfo, out: TextIO | None = None) -> None:
+    stream = out or sys.stderr
+    stream.write(f"error: {err.message} [{err.code.value}]\n")
+    if err.remediation:
+        stream.write(f"  fix: {err.remediation}\n")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if hasattr(value, "value") and not isinstance(value, (int, str)):
+        return str(value.value)
+    if isinstance(value, (dict, list)):
+        return _json.encode(value).decode()
+    return str(value)

@@ -1,0 +1,28 @@
+"""The systemd user unit for runforged (``runforgectl daemon install-service`` writes it)."""
+
+# Type=notify: runforged sends READY=1 once its sockets are bound, WATCHDOG=1 every
+# WatchdogSec/2, STOPPING=1 when it begins to stop.
+# KillMode=mixed: `systemctl stop` sends SIGTERM to runforged only, which cancels every
+# run with its grace window (SIGTERM to each trainer first, never to its data-loader
+# workers at the same moment); whatever is left in the cgroup after TimeoutStopSec is
+# SIGKILLed by systemd.
+# TimeoutStopSec must exceed the longest cancel grace in use (default 5 s) plus the
+# runner's flush; 90 s leaves room for a generous cancelGraceSeconds.
+UNIT_TEMPLATE = """\
+[Unit]
+Description=RunForge daemon (owns this user's ML training runs)
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=@RUNFORGED@ --log-format json
+Restart=on-failure
+RestartSec=2
+WatchdogSec=30
+TimeoutStopSec=90
+KillMode=mixed
+Environment=PYTHONUNBUFFERED=1
+
+[Install]
+WantedBy=default.target
+"""
