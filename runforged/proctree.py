@@ -1,0 +1,196 @@
+"""Process-tree mechanics for one trainer: record its descendants, signal them, find survivors.
+
+Mechanics only: nothing here knows about grace windows, countdowns or terminal states (that
+policy lives in ``runforged.cancel``). A process is identified by its pid *and* its start
+time, so a pid the kernel has handed to an unrelated process is never signalled. Every
+operation tolerates processes that have already exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import psutil
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+class ProcessIdentity(msgspec.Struct, frozen=True):
+    """One process, told apart from any later process that reuses its pid."""
+
+    pid: int
+    create_time: float  # psutil's start time (UNIX seconds); stable for the process's life
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The identity of the process ``pid`` right now, or None if there is none."""
+        start = _create_time(pid)
+        return None if start is None else cls(pid, start)
+
+
+def boot_id() -> str:
+    """This boot's id: a persisted (pid, create_time) is meaningful only within one boot."""
+    return BOOT_ID_PATH.read_text(encoding="ascii").strip()
+
+
+def is_same_live_process(identity: ProcessIdentity) -> bool:
+    """Whether ``identity`` still names a live (not zombie) process, e.g. a trainer recorded
+    by a daemon that crashed. Compare boot ids first: across a reboot the answer is no."""
+    try:
+        process = psutil.Process(identity.pid)
+        return (
+            process.create_time() == identity.create_time
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+class ProcessTree:
+    """The trainer (leader of its own process group) and every descendant ever seen.
+
+    The daemon spawns the trainer with ``start_new_session=True``, so the trainer's pid is
+    also its process-group id. Descendants that leave the group (``setsid``, their own
+    process group) are only reachable through what ``refresh()`` recorded while their
+    parent was alive, hence the supervisor calls it periodically and right before a kill.
+    """
+
+    def __init__(self, leader_pid: int) -> None:
+        # A trainer that exited (and was reaped) before it was attached has no tree.
+        self.leader = ProcessIdentity.of(leader_pid)
+        self._descendants: dict[int, ProcessIdentity] = {}
+        # Only a leader of its own group gets killpg: never the daemon's own group.
+        self._pgid: int | None = None
+        if self.leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(leader_pid) == leader_pid:
+                    self._pgid = leader_pid
+
+    @property
+    def descendants(self) -> list[ProcessIdentity]:
+        """Every descendant recorded so far, alive or not, oldest record first."""
+        return list(self._descendants.values())
+
+    def refresh(self) -> list[ProcessIdentity]:
+        """Record the live descendants of the leader and of every recorded descendant still
+        alive (so workers that outlived the trainer keep being followed). Returns the ones
+        seen for the first time."""
+        table = _process_table()
+        children_of: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children_of.setdefault(ppid, []).append(pid)
+        pending = [
+            p.pid for p in self._recorded() if table.get(p.pid, (0, None))[1] == p.create_time
+        ]
+        visited = set(pending)
+        new: list[ProcessIdentity] = []
+        while pending:
+            for child in children_of.get(pending.pop(), []):
+                start = table[child][1]
+                if child in visited or start is None:
+                    continue
+                visited.add(child)
+                pending.append(child)
+                known = self._descendants.get(child)
+                if known is None or known.create_time != start:
+                    # A recorded pid with a new start time is a new descendant: the old
+                    # process is gone, so nothing is lost by replacing its record.
+                    self._descendants[child] = ProcessIdentity(child, start)
+                    new.append(self._descendants[child])
+        return new
+
+    def terminate_leader(self) -> bool:
+        """SIGTERM to the leader only (never its workers). True if it was delivered."""
+        return self.leader is not None and signal_process(self.leader, signal.SIGTERM)
+
+    def kill_all(self) -> list[ProcessIdentity]:
+        """SIGKILL the leader's process group and every recorded process that is still the
+        same process. Returns the recorded processes that were signalled."""
+        if self._pgid is not None and self._group_is_ours():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pgid, signal.SIGKILL)
+        return [p for p in self._recorded() if signal_process(p, signal.SIGKILL)]
+
+    def survivors(self) -> list[ProcessIdentity]:
+        """Recorded processes (leader included) that are still alive and not zombies."""
+        return [p for p in self._recorded() if is_same_live_process(p)]
+
+    def _recorded(self) -> list[ProcessIdentity]:
+        leader = [] if self.leader is None else [self.leader]
+        return leader + list(self._descendants.values())
+
+    def _group_is_ours(self) -> bool:
+        # A process-group id is not reused while any process still belongs to the group, so
+        # a recorded process alive inside it proves the group is the trainer's. Without one,
+        # the group may be gone and its id handed to a stranger: leave it alone.
+        for identity in self._recorded():
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(identity.pid) == self._pgid and (
+                    _create_time(identity.pid) == identity.create_time
+                ):
+                    return True
+        return False
+
+
+def signal_process(identity: ProcessIdentity, sig: int) -> bool:
+    """Send ``sig`` to ``identity`` if that process still exists. True if delivered.
+
+    On Linux a pidfd pins the process between the identity check and the signal, so a pid
+    recycled in between cannot be hit; elsewhere the window is the few microseconds between
+    the check and ``os.kill``.
+    """
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return False
+    except OSError as error:
+        # Kernels before 5.3 and some seccomp profiles refuse pidfds.
+        if error.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+        return _check_then_kill(identity, sig)
+    try:
+        if _create_time(identity.pid) != identity.create_time:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return _check_then_kill(identity, sig)
+    finally:
+        os.close(pidfd)
+
+
+def _check_then_kill(identity: ProcessIdentity, sig: int) -> bool:
+    if _create_time(identity.pid) != identity.create_time:
+        return False
+    try:
+        os.kill(identity.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        start: float = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return start
+
+
+def _process_table() -> dict[int, tuple[int, float | None]]:
+    """pid -> (ppid, create_time) for every process, read in one pass over /proc."""
+    table: dict[int, tuple[int, float | None]] = {}
+    processes: Iterable[psutil.Process] = psutil.process_iter(["ppid", "create_time"])
+    for process in processes:
+        info = process.info
+        if info["ppid"] is not None:
+            table[process.pid] = (info["ppid"], info["create_time"])
+    return table
