@@ -234,6 +234,7 @@ class StatusResult(ResultBase, tag="status"):
     counters: Counters
     active_runs: int = 0
     queued_runs: int = 0
+    subscriptions: int = 0  # event subscriptions currently open on the XPUB socket
     workspace: WorkspaceStatus | None = None
 
 

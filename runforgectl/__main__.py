@@ -586,15 +586,20 @@ def build_parser() -> argparse.ArgumentParser:
     ws = argparse.ArgumentParser(add_help=False)
     ws.add_argument("--workspace", "-w", help="workspace folder (default: current directory)")
 
-    parser = argparse.ArgumentParser(
-        prog="runforgectl", description="Client of the RunForge daemon.", parents=[common]
-    )
-    parser.add_argument(
+    # Global options are accepted before or after the command.
+    common.add_argument(
         "--runtime-dir",
+        default=argparse.SUPPRESS,
         help=f"daemon runtime directory (default: ${RUNTIME_DIR_ENV} or the per-user default)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds to wait for each reply (default 10)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="runforgectl", description="Client of the RunForge daemon.", parents=[common]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -679,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
+    args.timeout = getattr(args, "timeout", 10.0)
+    args.runtime_dir = getattr(args, "runtime_dir", None)
     ctx = Context(args)
     try:
         code: int = args.fn(ctx)

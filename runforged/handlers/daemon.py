@@ -55,6 +55,7 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
         counters=daemon.counters,
         active_runs=services.active_count() if services is not None else 0,
         queued_runs=services.queued_count() if services is not None else 0,
+        subscriptions=daemon.subscriptions,
         workspace=workspace,
     )
 

@@ -1,0 +1,198 @@
+"""Test harness: a real runforged in a private runtime directory, and runforgectl as a
+real subprocess. Every process a test starts carries a session marker in its environment
+so that the suite can prove none outlives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAINERS_DIR = REPO_ROOT / "tests" / "trainers"
+SESSION_MARKER_ENV = "RUNFORGE_TEST_SESSION"
+SESSION_MARKER = f"{os.getpid()}-{time.time_ns()}"
+
+
+def short_tempdir(prefix: str) -> Path:
+    """A private temp dir with a short path (ipc:// socket paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def base_env(runtime_dir: Path, config_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "NOTIFY_"))}
+    env.update(
+        {
+            "RUNFORGE_RUNTIME_DIR": str(runtime_dir),
+            "RUNFORGE_CONFIG_DIR": str(config_dir),
+            SESSION_MARKER_ENV: SESSION_MARKER,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class DaemonProcess:
+    """A runforged started by a test, with its runtime and config directories."""
+
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return base_env(self.runtime_dir, self.config_dir, **self.extra_env)
+
+    def start(self, *args: str, wait: bool = True) -> DaemonProcess:
+        self.log_path = self.root / f"daemon-{time.time_ns()}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runforged", "--log-format", "json", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+            )
+        if wait:
+            wait_for(self._answers, timeout=30)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"runforged exited with {self.proc.returncode}:\n{self.log()}")
+        return self.ctl("ping", timeout=5).returncode == 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def ctl(
+        self,
+        *args: str,
+        timeout: float = 60,
+        check: bool = False,
+        cwd: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "runforgectl", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=cwd or self.root,
+            input=input,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"runforgectl {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def ctl_json(self, *args: str, **kwargs: Any) -> Any:
+        result = self.ctl(*args, "--json", **kwargs)
+        assert result.stdout.strip(), f"no JSON output; stderr: {result.stderr}"
+        return json.loads(result.stdout)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, wait for a clean exit, and check it left nothing behind."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"runforged did not stop within {timeout} s:\n{self.log()}")
+        return code
+
+    def assert_clean_runtime_dir(self) -> None:
+        leftovers = (
+            [p.name for p in self.runtime_dir.iterdir()] if self.runtime_dir.exists() else []
+        )
+        leftovers = [n for n in leftovers if n != "runforged.log"]
+        assert leftovers == [], f"runtime dir not clean after stop: {leftovers}"
+
+    def kill_hard(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def marked_processes() -> list[psutil.Process]:
+    """Every live process started by this test session (by its environment marker)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if (
+                proc.environ().get(SESSION_MARKER_ENV) == SESSION_MARKER
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_marked_processes() -> list[str]:
+    leftovers = marked_processes()
+    described = []
+    for proc in leftovers:
+        try:
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(leftovers, timeout=5)
+    return described
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
