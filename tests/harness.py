@@ -148,7 +148,9 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"runforged did not stop within {timeout} s:\n{self.log()}")
+            raise AssertionError(
+                f"runforged did not stop within {timeout} s:\n{self.log()}"
+            ) from None
         return code
 
     def assert_clean_runtime_dir(self) -> None:

@@ -385,7 +385,8 @@ def test_stop_timeout_exceeds_default_cancel_grace() -> None:
 def test_runforgectl_does_not_import_daemon_code_or_structlog() -> None:
     code = (
         "import sys, runforgectl.__main__ as c; "
-        "bad = [n for n in sys.modules if n.split('.')[0] in ('runforged', 'structlog', 'psutil')]; "
+        "banned = ('runforged', 'structlog', 'psutil'); "
+        "bad = [n for n in sys.modules if n.split('.')[0] in banned]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
