@@ -1,0 +1,426 @@
+"""The RunForge runner contract for any trainer: events, cancel handling, files, exit codes.
+
+Standard library only (plus ``runforge_runner.atomicio``), so a user's own trainer can
+import it under any interpreter. A trainer builds a :class:`TrainerSession` for its run
+folder, emits events through it, calls :meth:`TrainerSession.checkpoint` between chunks
+of work, and hands its training function to :meth:`TrainerSession.run`, which turns a
+SIGTERM into the graceful cancel path (countdown, flush, ``.cancelled`` marker,
+``run_cancelled``) and any failure into a ``run_failed`` event and an exit code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
+
+# Exit codes of every runforge_runner command (and of trainers that use this module).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # anything else: training crashed, a file could not be written
+EXIT_USAGE = 2  # bad arguments or environment: unknown flag, bad --param, bad --out
+EXIT_BAD_DATA = 3  # the dataset cannot be used: unreadable, malformed, too small
+EXIT_CANCELLED = 143  # cancelled gracefully: .cancelled written, run_cancelled emitted
+
+# Codes carried by the run_failed event's ``error.code``.
+ERROR_INVALID_ARGUMENTS = "INVALID_ARGUMENTS"
+ERROR_INVALID_DATASET = "INVALID_DATASET"
+ERROR_INVALID_ARTIFACT = "INVALID_ARTIFACT"  # inspect-artifact: not a loadable model
+ERROR_TRAINING_FAILED = "TRAINING_FAILED"
+ERROR_WRITE_FAILED = "WRITE_FAILED"
+ERROR_INTERNAL = "INTERNAL_ERROR"
+
+GRACE_ENV = "RUNFORGE_CANCEL_GRACE_S"
+DEFAULT_CANCEL_GRACE_S = 5.0
+# The contract's cancelling event caps seconds_remaining at 60.
+MAX_SECONDS_REMAINING = 60
+
+# The run phases a cancel can be caught in, in the order a run goes through them.
+STEP_DATASET_LOADING = "dataset_loading"
+STEP_TRAINING = "training"
+STEP_METRICS = "metrics_computation"
+STEP_ARTIFACTS = "artifact_writing"
+STEP_SHUTDOWN = "shutdown"
+STEPS = (STEP_DATASET_LOADING, STEP_TRAINING, STEP_METRICS, STEP_ARTIFACTS, STEP_SHUTDOWN)
+
+MARKER_NAME = ".cancelled"
+MARKER_SCHEMA_VERSION = "cancelled.v1.0.0"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,256}$")
+
+# Required and optional fields of each event a trainer may emit (events.schema.v1.json,
+# plus run_failed, this project's addition). Checked on emit so that a trainer's mistake
+# fails loudly in its own tests rather than as a skipped line in the daemon.
+_EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "run_start": (frozenset({"preset_id", "model_family"}), frozenset({"out_dir"})),
+    "dataset_loaded": (
+        frozenset({"num_samples", "num_features", "rows_dropped"}),
+        frozenset({"label_column", "dataset_fingerprint_sha256"}),
+    ),
+    "train_started": (frozenset({"model_family"}), frozenset()),
+    "train_progress": (frozenset({"epoch", "total_epochs"}), frozenset({"loss", "val_accuracy"})),
+    "train_finished": (frozenset(), frozenset({"duration_seconds"})),
+    "metrics_computed": (frozenset({"metrics_profile"}), frozenset({"accuracy"})),
+    "artifacts_written": (frozenset({"artifact_count"}), frozenset({"run_dir"})),
+    "cancelling": (frozenset({"seconds_remaining"}), frozenset({"step"})),
+    "run_cancelled": (frozenset({"step"}), frozenset({"reason", "graceful"})),
+    "run_failed": (frozenset({"error"}), frozenset({"step"})),
+}
+
+
+def utc_timestamp() -> str:
+    """Now, as ISO 8601 UTC with a ``Z`` suffix (the form every contract file uses)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cancel_grace_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The grace window the daemon gives this process, from ``RUNFORGE_CANCEL_GRACE_S``."""
+    env = os.environ if environ is None else environ
+    raw = env.get(GRACE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CANCEL_GRACE_S
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise TrainerError(
+            ERROR_INVALID_ARGUMENTS,
+            f"{GRACE_ENV}={raw!r} is not a number of seconds; set it to e.g. 5",
+            EXIT_USAGE,
+        ) from None
+    if not math.isfinite(grace) or grace < 0:
+        raise TrainerError(
+            ERROR_INVALID_ARGUMENTS,
+            f"{GRACE_ENV}={raw!r} must be a non-negative number of seconds",
+            EXIT_USAGE,
+        )
+    return grace
+
+
+class TrainerError(Exception):
+    """A failure the user should see as one line: becomes ``run_failed`` and an exit code."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        exit_code: int = EXIT_FAILURE,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.exit_code = exit_code
+        self.details = details or {}
+
+
+class RunCancelled(BaseException):
+    """Raised by :meth:`TrainerSession.checkpoint` once a cancel was requested.
+
+    A ``BaseException`` so that a trainer's ``except Exception`` does not swallow it."""
+
+
+class CancelSignal:
+    """The SIGTERM (and SIGINT) latch: records the first request, ignores the rest.
+
+    Install it as the very first thing a trainer does, before any slow import, so that a
+    signal at any moment after start-up leads to the graceful path. The handler only
+    records the time and wakes a waiter; it never writes, so it cannot interleave with
+    an event line the main thread is printing.
+    """
+
+    def __init__(self) -> None:
+        self.requested_at: float | None = None
+        self.signal_name = ""
+        self._requested = threading.Event()
+
+    @classmethod
+    def install(cls) -> CancelSignal:
+        latch = cls()
+        signal.signal(signal.SIGTERM, latch._handle)
+        signal.signal(signal.SIGINT, latch._handle)
+        return latch
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a cancel is requested (or ``timeout``); True if it was."""
+        return self._requested.wait(timeout)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # A second signal, or one during the flush, changes nothing: the first request
+        # already set the deadline and the flush is under way.
+        if self.requested_at is not None:
+            return
+        self.requested_at = time.monotonic()
+        self.signal_name = signal.Signals(signum).name
+        self._requested.set()
+
+
+class _Countdown(threading.Thread):
+    """Emits ``cancelling`` at the request and once a second after, until stopped."""
+
+    def __init__(self, session: TrainerSession) -> None:
+        super().__init__(name="runforge-cancel-countdown", daemon=True)
+        self._session = session
+        self._stopped = threading.Event()
+        self.first_emitted = threading.Event()
+
+    def run(self) -> None:
+        latch = self._session.cancel_signal
+        while not latch.wait(timeout=0.5):
+            if self._stopped.is_set():
+                return
+        requested_at = latch.requested_at
+        assert requested_at is not None
+        step = self._session.step
+        self._session.cancel_step = step
+        tick = 0
+        while True:
+            remaining = self._session.grace_s - (time.monotonic() - requested_at)
+            seconds = min(MAX_SECONDS_REMAINING, max(0, math.floor(remaining + 1e-6)))
+            self._session.emit("cancelling", seconds_remaining=seconds, step=step)
+            self.first_emitted.set()
+            if remaining <= 0:
+                return
+            tick += 1
+            next_tick = requested_at + tick
+            if self._stopped.wait(timeout=max(0.0, next_tick - time.monotonic())):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+
+
+class TrainerSession:
+    """One run of a trainer: its run folder, its events, its cancel handling, its files.
+
+    ``out_dir`` is the run folder; its name is the run id used in every event and file.
+    Paths reported to the daemon are relative to the working directory (the workspace)
+    with forward slashes.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        cancel_signal: CancelSignal | None = None,
+        grace_s: float | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        out = Path(os.path.abspath(out_dir))
+        if not RUN_ID_PATTERN.match(out.name) or out.name in (".", ".."):
+            raise TrainerError(
+                ERROR_INVALID_ARGUMENTS,
+                f"the run folder name {out.name!r} is not a valid run id "
+                "(use letters, digits, '.', '_' and '-', at most 256 characters)",
+                EXIT_USAGE,
+            )
+        self.run_id = out.name
+        self.run_dir = out
+        self.run_dir_relative = workspace_relative(out)
+        self.cancel_signal = cancel_signal or CancelSignal.install()
+        self.grace_s = cancel_grace_from_env() if grace_s is None else grace_s
+        self.step = STEP_DATASET_LOADING
+        self.cancel_step = STEP_DATASET_LOADING
+        self._stream = stream
+        self._emit_lock = threading.Lock()
+        self._flush: Callable[[], None] | None = None
+        self._written: list[Path] = []
+        self._countdown = _Countdown(self)
+        self._countdown.start()
+
+    # Events -----------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Print one contract event as a JSON line on stderr, flushed at once."""
+        line = format_event(event, self.run_id, **fields)
+        stream = self._stream or sys.stderr
+        with self._emit_lock:
+            stream.write(line)
+            stream.flush()
+
+    def log(self, message: str) -> None:
+        """A free-form log line on stderr (the daemon keeps it in logs.txt)."""
+        stream = self._stream or sys.stderr
+        with self._emit_lock:
+            stream.write(message.rstrip("\n") + "\n")
+            stream.flush()
+
+    # Steps and cancel -------------------------------------------------------------
+
+    def enter_step(self, step: str) -> None:
+        """Record the run phase that a cancel arriving from now on is caught in."""
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; one of {', '.join(STEPS)}")
+        self.step = step
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_signal.requested
+
+    def checkpoint(self) -> None:
+        """Raise :class:`RunCancelled` if a cancel was requested. Call between chunks."""
+        if self.cancel_signal.requested:
+            raise RunCancelled()
+
+    def on_cancel(self, flush: Callable[[], None] | None) -> None:
+        """Set what to save when cancelled (replaces the previous callback).
+
+        The callback runs on the main thread while the countdown ticks; it should write
+        the partial state with :meth:`write_json` / :meth:`write_bytes` and return."""
+        self._flush = flush
+
+    # Files ------------------------------------------------------------------------
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Atomically write ``name`` in the run folder and remember it as an artifact."""
+        path = self.run_dir / name
+        write_bytes_atomic(path, data)
+        self._remember(path)
+        return path
+
+    def write_json(self, name: str, document: Any) -> Path:
+        """Atomically write ``document`` as JSON in the run folder; remember it."""
+        path = self.run_dir / name
+        write_json_atomic(path, document)
+        self._remember(path)
+        return path
+
+    @property
+    def written_artifacts(self) -> list[str]:
+        """Workspace-relative paths of every file written through this session."""
+        return [workspace_relative(path) for path in self._written]
+
+    def _remember(self, path: Path) -> None:
+        if path not in self._written:
+            self._written.append(path)
+
+    def write_cancelled_marker(self, reason: str) -> Path:
+        """Write ``.cancelled`` (schema cancelled.v1.0.0) atomically in the run folder."""
+        marker = {
+            "schema_version": MARKER_SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "run_dir": self.run_dir_relative,
+            "cancelled_at": utc_timestamp(),
+            "step": self.cancel_step,
+            "reason": reason,
+            "partial_artifacts": self.written_artifacts,
+        }
+        path = self.run_dir / MARKER_NAME
+        write_json_atomic(path, marker)
+        return path
+
+    # The whole run ----------------------------------------------------------------
+
+    def run(self, train: Callable[[TrainerSession], None]) -> int:
+        """Run ``train(self)`` under the contract and return the process exit code.
+
+        Returns ``EXIT_OK`` when ``train`` returns (even if a cancel arrived too late to
+        stop it: the run completed), ``EXIT_CANCELLED`` after the graceful cancel path,
+        and the error's exit code after emitting ``run_failed``."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            train(self)
+        except RunCancelled:
+            return self._finish_cancelled()
+        except TrainerError as error:
+            if self.cancel_requested:
+                self.log(f"error while cancelling: {error.message}")
+                return self._finish_cancelled()
+            self._countdown.stop()
+            self.fail(error)
+            return error.exit_code
+        except Exception as error:
+            self.log(traceback.format_exc())
+            if self.cancel_requested:
+                return self._finish_cancelled()
+            self._countdown.stop()
+            self.fail(TrainerError(ERROR_INTERNAL, f"{type(error).__name__}: {error}"))
+            return EXIT_FAILURE
+        self._countdown.stop()
+        return EXIT_OK
+
+    def fail(self, error: TrainerError) -> None:
+        """Emit ``run_failed`` with the error's code and message (one line, actionable)."""
+        payload: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.details:
+            payload["details"] = error.details
+        self.emit("run_failed", error=payload, step=self.step)
+
+    def _finish_cancelled(self) -> int:
+        # The countdown thread may not have seen the request yet if it arrived a moment
+        # ago; waiting for its first event keeps "cancelling" first and fixes the step.
+        self._countdown.first_emitted.wait()
+        if self._flush is not None:
+            try:
+                self._flush()
+            except Exception as error:
+                # Half a flush still deserves a marker: the daemon must not mistake a
+                # graceful cancel for a forced one because one partial file failed.
+                self.log(f"flush of partial state failed: {type(error).__name__}: {error}")
+        reason = f"{self.cancel_signal.signal_name or 'SIGTERM'} received"
+        self.write_cancelled_marker(reason)
+        self._countdown.stop()
+        self.emit("run_cancelled", step=self.cancel_step, reason=reason, graceful=True)
+        return EXIT_CANCELLED
+
+
+def format_event(event: str, run_id: str | None, **fields: Any) -> str:
+    """One event as a JSON line; raises ``ValueError`` if its fields break the contract.
+
+    ``run_id`` may be None only for ``run_failed`` before the run folder is known."""
+    spec = _EVENT_FIELDS.get(event)
+    if spec is None:
+        raise ValueError(f"unknown event type {event!r}")
+    required, optional = spec
+    missing = required - fields.keys()
+    unknown = fields.keys() - required - optional
+    if missing or unknown:
+        raise ValueError(
+            f"event {event!r}: missing {sorted(missing)}, not allowed {sorted(unknown)}"
+        )
+    if run_id is None and event != "run_failed":
+        raise ValueError(f"event {event!r} needs a run id")
+    record: dict[str, Any] = {"event": event, "timestamp": utc_timestamp()}
+    if run_id is not None:
+        record["run_id"] = run_id
+    record.update(fields)
+    return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def emit_run_failed(error: TrainerError, run_id: str | None, stream: TextIO | None = None) -> None:
+    """Report a failure that happened before a :class:`TrainerSession` could exist."""
+    payload: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.details:
+        payload["details"] = error.details
+    out = stream or sys.stderr
+    out.write(format_event("run_failed", run_id, error=payload, step=STEP_DATASET_LOADING))
+    out.flush()
+
+
+def workspace_relative(path: Path) -> str:
+    """``path`` relative to the working directory with forward slashes; absolute if outside."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        relative = absolute.relative_to(Path(os.getcwd()).resolve())
+    except ValueError:
+        try:
+            relative = absolute.relative_to(Path(os.getcwd()))
+        except ValueError:
+            return absolute.as_posix()
+    return relative.as_posix()

@@ -1,0 +1,230 @@
+"""Presets, profiles and ``--param`` overrides: from the command line to hyperparameters.
+
+Resolution, lowest to highest: the preset's values for the model family
+(``model_default``), the profile's adjustment (``profile``), then each ``--param NAME=VALUE``
+(``cli``). Every value keeps its source, as run.json records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from runforge_runner.contract import ERROR_INVALID_ARGUMENTS, EXIT_USAGE, TrainerError
+
+PRESETS = ("std-train", "hq-train")
+MODEL_FAMILIES = ("logistic_regression", "random_forest", "linear_svc")
+DEFAULT_MODEL_FAMILY = "logistic_regression"
+PROFILES = ("default", "fast", "thorough")
+PROFILE_VERSION = "1.0"
+DEFAULT_SEED = 42
+
+ParamValue = int | float | str | None
+
+
+class ParameterError(TrainerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ERROR_INVALID_ARGUMENTS, message, EXIT_USAGE)
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParameterError(
+            f"--param {name}={raw!r}: expected a number, e.g. {name}=0.5"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ParameterError(f"--param {name}={raw!r}: must be a number greater than 0")
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParameterError(
+            f"--param {name}={raw!r}: expected a whole number, e.g. {name}=100"
+        ) from None
+    if value < 1:
+        raise ParameterError(f"--param {name}={raw!r}: must be at least 1")
+    return value
+
+
+def _depth(name: str, raw: str) -> int | None:
+    if raw.strip().lower() == "none":
+        return None
+    return _positive_int(name, raw)
+
+
+def _max_features(name: str, raw: str) -> float | str:
+    if raw in ("sqrt", "log2"):
+        return raw
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParameterError(
+            f"--param {name}={raw!r}: expected sqrt, log2 or a fraction in (0, 1]"
+        ) from None
+    if not 0 < value <= 1:
+        raise ParameterError(f"--param {name}={raw!r}: a fraction must be in (0, 1]")
+    return value
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One tunable hyperparameter: how to parse it and what it means."""
+
+    parse: Callable[[str, str], ParamValue]
+    meaning: str
+    scales_with_profile: bool = False
+
+
+PARAM_SPECS: dict[str, dict[str, ParamSpec]] = {
+    "logistic_regression": {
+        "C": ParamSpec(_positive_float, "inverse regularization strength"),
+        "max_iter": ParamSpec(_positive_int, "training epochs (passes over the data)", True),
+    },
+    "random_forest": {
+        "n_estimators": ParamSpec(_positive_int, "number of trees", True),
+        "max_depth": ParamSpec(_depth, "maximum tree depth (none = unlimited)"),
+        "min_samples_leaf": ParamSpec(_positive_int, "minimum samples in a leaf"),
+        "max_features": ParamSpec(_max_features, "features tried per split"),
+    },
+    "linear_svc": {
+        "C": ParamSpec(_positive_float, "inverse regularization strength"),
+        "max_iter": ParamSpec(_positive_int, "training iterations (passes over the data)", True),
+    },
+}
+
+# What each preset trains with before any profile or --param. Sized so that a default run
+# (std-train, logistic_regression) on the bundled demo_large.csv takes tens of seconds.
+PRESET_VALUES: dict[str, dict[str, dict[str, ParamValue]]] = {
+    "std-train": {
+        "logistic_regression": {"C": 1.0, "max_iter": 1000},
+        "random_forest": {
+            "n_estimators": 100,
+            "max_depth": None,
+            "min_samples_leaf": 1,
+            "max_features": "sqrt",
+        },
+        "linear_svc": {"C": 1.0, "max_iter": 200},
+    },
+    "hq-train": {
+        "logistic_regression": {"C": 1.0, "max_iter": 2000},
+        "random_forest": {
+            "n_estimators": 300,
+            "max_depth": None,
+            "min_samples_leaf": 1,
+            "max_features": "sqrt",
+        },
+        "linear_svc": {"C": 1.0, "max_iter": 500},
+    },
+}
+
+# How a profile scales the iteration counts (epochs, trees) of the preset.
+PROFILE_SCALE = {"default": 1.0, "fast": 0.25, "thorough": 2.0}
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    value: ParamValue
+    source: str  # "model_default", "profile" or "cli"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Everything that decides what is trained: family, preset, profile, values, seed."""
+
+    preset: str
+    model_family: str
+    profile: str | None
+    seed: int
+    seed_given: bool
+    hyperparameters: tuple[Hyperparameter, ...]
+
+    def value(self, name: str) -> ParamValue:
+        for parameter in self.hyperparameters:
+            if parameter.name == name:
+                return parameter.value
+        raise KeyError(name)
+
+    def expanded_parameters_hash(self) -> str:
+        """SHA-256 of the resolved values, canonical JSON: equal hash, equal training."""
+        canonical = json.dumps(
+            {
+                "model_family": self.model_family,
+                "parameters": {p.name: p.value for p in self.hyperparameters},
+                "seed": self.seed,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def run_json_hyperparameters(self) -> list[dict[str, object]]:
+        entries: list[dict[str, object]] = [
+            {"name": p.name, "value": p.value, "source": p.source} for p in self.hyperparameters
+        ]
+        entries.append(
+            {
+                "name": "random_state",
+                "value": self.seed,
+                "source": "cli" if self.seed_given else "model_default",
+            }
+        )
+        return entries
+
+
+def parse_param_overrides(model_family: str, raw_params: Sequence[str]) -> dict[str, ParamValue]:
+    """``["C=0.5", "max_iter=20"]`` to typed values, rejecting unknown or repeated names."""
+    specs = PARAM_SPECS[model_family]
+    overrides: dict[str, ParamValue] = {}
+    for raw in raw_params:
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"--param {raw!r}: expected NAME=VALUE, e.g. --param C=0.5")
+        spec = specs.get(name)
+        if spec is None:
+            raise ParameterError(
+                f"--param {name}: not a parameter of {model_family} "
+                f"(known: {', '.join(sorted(specs))})"
+            )
+        if name in overrides:
+            raise ParameterError(f"--param {name} is given twice; give it once")
+        overrides[name] = spec.parse(name, value.strip())
+    return overrides
+
+
+def plan_training(
+    preset: str,
+    model_family: str,
+    profile: str | None,
+    raw_params: Sequence[str],
+    seed: int | None,
+) -> TrainingPlan:
+    """Resolve preset, profile and ``--param`` values into one plan with provenance."""
+    overrides = parse_param_overrides(model_family, raw_params)
+    scale = PROFILE_SCALE[profile or "default"]
+    specs = PARAM_SPECS[model_family]
+    resolved: list[Hyperparameter] = []
+    for name, base in PRESET_VALUES[preset][model_family].items():
+        if name in overrides:
+            resolved.append(Hyperparameter(name, overrides[name], "cli"))
+        elif specs[name].scales_with_profile and scale != 1.0 and isinstance(base, int):
+            resolved.append(Hyperparameter(name, max(1, round(base * scale)), "profile"))
+        else:
+            resolved.append(Hyperparameter(name, base, "model_default"))
+    return TrainingPlan(
+        preset=preset,
+        model_family=model_family,
+        profile=profile,
+        seed=DEFAULT_SEED if seed is None else seed,
+        seed_given=seed is not None,
+        hyperparameters=tuple(resolved),
+    )
