@@ -78,3 +78,129 @@ class ResultRecord(msgspec.Struct, kw_only=True):
     final_metrics: dict[str, float] = {}
     index_status: IndexStatus = IndexStatus.NOT_INDEXED
     index_error: IndexErrorInfo | None = None
+
+
+# --------------------------------------------------------------------------- the index
+
+
+class IndexSummary(msgspec.Struct, kw_only=True, gc=False):
+    """``summary`` of an index entry (index schema v1.0.0)."""
+
+    duration_ms: int
+    final_metrics: dict[str, float]
+    device: str  # "cpu" | "cuda"
+
+
+class IndexEntry(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """One run in ``.ml/outputs/index.json``.
+
+    Entries the daemon writes carry all ten fields of index schema v1.0.0. Entries written
+    by older RunForge versions (schema v0.2.2.1: six fields, or the legacy bare array) are
+    read and kept as they are, so every field but ``run_id`` may be absent; absent fields
+    are omitted again when the index is rewritten. Field order is the schema's.
+    ``gc=False``: an index holds up to 10^5 of these and none can be part of a cycle.
+    """
+
+    run_id: str
+    created_at: str | None = None
+    name: str | None = None
+    preset_id: str | None = None  # "std-train" | "hq-train"
+    status: str | None = None  # "succeeded" | "failed"
+    summary: IndexSummary | None = None
+    run_dir: str | None = None  # workspace-relative, forward slashes
+    dataset_fingerprint_sha256: str | None = None
+    label_column: str | None = None
+    model_pkl: str | None = None  # workspace-relative
+
+
+class IndexFile(msgspec.Struct, kw_only=True):
+    """``.ml/outputs/index.json`` in its canonical envelope (the daemon always writes this)."""
+
+    schema_version: str  # "1.0.0"; "0.2.2.1" in indexes written by older RunForge versions
+    runs: list[IndexEntry]
+
+
+class IndexOrphanMarker(msgspec.Struct, kw_only=True):
+    """``<run dir>/.index-orphan`` (index-orphan schema v1.0.0): the run completed but its
+    index update failed."""
+
+    schema_version: str = "index-orphan.v1.0.0"
+    run_id: str
+    run_dir: str  # workspace-relative, forward slashes
+    written_at: str  # ISO 8601 UTC
+    error: IndexErrorInfo
+    index_path: str  # workspace-relative, forward slashes
+
+
+class CancelledMarker(msgspec.Struct, kw_only=True):
+    """``<run dir>/.cancelled`` (cancelled schema v1.0.0), as far as the daemon reads it."""
+
+    schema_version: str = "cancelled.v1.0.0"
+    run_id: str
+    run_dir: str
+    cancelled_at: str
+    step: str
+    reason: str | None = None
+    partial_artifacts: list[str] = []
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+class RecoveryReason(str, enum.Enum):
+    """Best-effort classification of why a run was missing from the index."""
+
+    INDEX_ORPHAN_MARKER = "index_orphan_marker"  # its index update failed and said so
+    CANCELLED = "cancelled"  # cancelled runs are never indexed
+    PRE_EXISTING_ORPHAN = "pre_existing_orphan"  # missing with no marker (crash, old writer)
+
+
+class RecoverySkipError(str, enum.Enum):
+    """Why a run folder could not be recovered."""
+
+    CORRUPT_RUN_JSON = "CORRUPT_RUN_JSON"  # not JSON, or lacks what an index entry needs
+    MISSING_RUN_JSON = "MISSING_RUN_JSON"  # the run never completed (failed, lost, foreign)
+    READ_ERROR = "READ_ERROR"  # a file could not be read, or request/result.json is corrupt
+
+
+class RecoveryItem(msgspec.Struct, kw_only=True):
+    """A run recovered into the index, or a cancelled run kept out of it."""
+
+    run_id: str  # from the run's files; the folder name only when no file names it
+    run_dir: str  # workspace-relative, forward slashes
+    reason: RecoveryReason
+
+
+class RecoverySkip(msgspec.Struct, kw_only=True):
+    """A run folder recovery could not index."""
+
+    run_dir: str
+    error: RecoverySkipError
+    message: str
+
+
+class RecoveryReport(msgspec.Struct, kw_only=True):
+    """What one Recover Index call did (issue 6, "Recover Index").
+
+    Every folder walked is counted exactly once in ``scanned_run_dirs`` and in exactly one
+    of: ``already_indexed``, ``recovered``, ``skipped``, ``cancelled_excluded``,
+    ``in_flight``. ``already_indexed`` counts walked folders whose run the index listed
+    before this call (by ``run_dir`` or by the ``run_id`` in ``run.json``).
+
+    Optional extras (defaults when nothing happened):
+    ``in_flight`` — folders of runs the daemon owned during the call: neither indexed nor
+    reported as broken, counted only here. ``corrupt_index_kept_as`` — workspace-relative
+    paths where an unreadable index was moved aside (``index.json.corrupt.<timestamp>``)
+    since the last report; the index was rebuilt from the run folders. ``index_created`` —
+    there was no index file (missing or moved aside) and this call wrote one.
+    """
+
+    scanned_run_dirs: int
+    already_indexed: int
+    recovered: list[RecoveryItem]
+    skipped: list[RecoverySkip]
+    cancelled_excluded: list[RecoveryItem]
+    recovered_at: str  # ISO 8601 UTC
+    in_flight: int = 0
+    corrupt_index_kept_as: list[str] = []
+    index_created: bool = False

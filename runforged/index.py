@@ -1,0 +1,308 @@
+"""One workspace's run index (``.ml/outputs/index.json``), held in memory by its single writer.
+
+The file is read once; entries are then kept in memory and every commit rewrites the
+file atomically from them. Before each write the file's stat signature (inode, size,
+mtime_ns) is compared with the one this process last read or wrote: if someone else
+(an older RunForge writer) changed it, their file is read and merged by run id, their
+entries winning, so nothing they added is dropped.
+
+Shapes read: the canonical ``{"schema_version": "1.0.0", "runs": [...]}``, the
+``0.2.2.1`` envelope with six-field entries, and the legacy bare array. Old entries are
+kept as they are (absent fields stay absent); every write uses the canonical envelope.
+Keys outside every RunForge index schema are not carried over.
+
+A file that is none of these is corrupt. It is never overwritten: it is renamed to
+``index.json.corrupt.<timestamp>`` (reported through ``take_corrupt_kept_as``) and the
+index continues from what this process knows; recovery rebuilds the rest.
+
+Methods that touch the disk block: the daemon calls them through ``IndexWriter``, in a
+worker thread, one at a time. Reads (``get``, ``latest``, ``newest_first``...) never
+touch the disk and may be called from the event loop at any time: each commit swaps in a
+new immutable snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from protocol.errors import ErrorCode
+from protocol.records import IndexEntry, IndexFile
+from runforge_runner.atomicio import fsync_directory, write_bytes_atomic
+from runforged.errors import RunforgeError
+from runforged.index_entry import sort_timestamp
+from runforged.paths import INDEX_FILE
+
+log = structlog.get_logger(__name__)
+
+INDEX_SCHEMA_VERSION = "1.0.0"
+
+_decoder = msgspec.json.Decoder(IndexFile | list[IndexEntry])
+_encoder = msgspec.json.Encoder()
+
+# (st_ino, st_size, st_mtime_ns) of the file as this process last read or wrote it.
+Signature = tuple[int, int, int]
+
+
+def _sort_key(entry: IndexEntry) -> float:
+    """Newest means the latest ``created_at``."""
+    return sort_timestamp(entry.created_at)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The index at one moment. Never mutated: readers on the event loop may hold it while
+    a commit builds the next one in a worker thread."""
+
+    entries: tuple[IndexEntry, ...]  # file order: oldest appended first
+    by_id: dict[str, IndexEntry]  # first entry of each run id
+    run_dirs: frozenset[str]
+    keys: tuple[float, ...]  # _sort_key of each entry, by position
+    newest_first: tuple[int, ...]  # positions, newest first; ties: later position first
+
+    @classmethod
+    def of(cls, entries: Sequence[IndexEntry]) -> _Snapshot:
+        by_id: dict[str, IndexEntry] = {}
+        for entry in entries:
+            by_id.setdefault(entry.run_id, entry)
+        keys = tuple(_sort_key(e) for e in entries)
+        order = sorted(range(len(entries)), key=lambda i: (keys[i], i), reverse=True)
+        return cls(
+            entries=tuple(entries),
+            by_id=by_id,
+            run_dirs=frozenset(e.run_dir for e in entries if e.run_dir is not None),
+            keys=keys,
+            newest_first=tuple(order),
+        )
+
+    def extended(self, added: Sequence[IndexEntry]) -> _Snapshot:
+        """This snapshot plus ``added`` at the end, without re-sorting in the common case
+        of runs completing in order."""
+        base = len(self.entries)
+        new_keys = [_sort_key(e) for e in added]
+        by_id = dict(self.by_id)
+        for entry in added:
+            by_id.setdefault(entry.run_id, entry)
+        entries = self.entries + tuple(added)
+        keys = self.keys + tuple(new_keys)
+        newest = self.keys[self.newest_first[0]] if self.newest_first else -math.inf
+        if all(k >= newest for k in new_keys) and new_keys == sorted(new_keys):
+            order = tuple(range(len(entries) - 1, base - 1, -1)) + self.newest_first
+        else:
+            order = tuple(sorted(range(len(entries)), key=lambda i: (keys[i], i), reverse=True))
+        return _Snapshot(
+            entries=entries,
+            by_id=by_id,
+            run_dirs=self.run_dirs | {e.run_dir for e in added if e.run_dir is not None},
+            keys=keys,
+            newest_first=order,
+        )
+
+
+class RunIndex:
+    """The in-memory copy of ``<workspace>/.ml/outputs/index.json``."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.path = workspace / INDEX_FILE
+        self.writes = 0  # rewrites of index.json by this process
+        self._snapshot = _Snapshot.of(())
+        self._signature: Signature | None = None
+        self._file_exists = False
+        self._corrupt_kept_as: list[str] = []
+
+    # ------------------------------------------------------------------ reads (no I/O)
+
+    def __len__(self) -> int:
+        return len(self._snapshot.entries)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._snapshot.by_id
+
+    def get(self, run_id: str) -> IndexEntry | None:
+        return self._snapshot.by_id.get(run_id)
+
+    def lists_run_dir(self, run_dir: str) -> bool:
+        """Whether an entry points at ``run_dir`` (workspace-relative, forward slashes)."""
+        return run_dir in self._snapshot.run_dirs
+
+    def latest(self) -> IndexEntry | None:
+        """The newest entry: the latest ``created_at`` (the one meaning of "latest")."""
+        snapshot = self._snapshot
+        return snapshot.entries[snapshot.newest_first[0]] if snapshot.entries else None
+
+    def newest_first(self, offset: int = 0, limit: int | None = None) -> list[IndexEntry]:
+        """Entries, newest first; ``offset``/``limit`` page through them."""
+        snapshot = self._snapshot
+        end = None if limit is None else offset + limit
+        return [snapshot.entries[i] for i in snapshot.newest_first[offset:end]]
+
+    def entries(self) -> tuple[IndexEntry, ...]:
+        """Entries in file order (oldest appended first)."""
+        return self._snapshot.entries
+
+    @property
+    def file_exists(self) -> bool:
+        """Whether index.json existed when this process last looked."""
+        return self._file_exists
+
+    def take_corrupt_kept_as(self) -> list[str]:
+        """Workspace-relative paths of corrupt index files moved aside since the last call."""
+        kept, self._corrupt_kept_as = self._corrupt_kept_as, []
+        return kept
+
+    # ------------------------------------------------------------------ disk (blocking)
+
+    def load(self) -> None:
+        """Read index.json (once, when the daemon first needs this workspace)."""
+        found = self._read()
+        if found is None:
+            self._snapshot = _Snapshot.of(())
+            return
+        entries, self._signature = found
+        self._file_exists = True
+        self._snapshot = _Snapshot.of(entries)
+        log.info("index_loaded", path=str(self.path), entries=len(entries))
+
+    def refresh(self) -> bool:
+        """Merge what someone else wrote since this process last read or wrote the file.
+
+        Cheap when nothing changed (one stat). Returns whether anything did.
+        """
+        try:
+            st = os.stat(self.path)
+            signature: Signature | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            signature = None
+        except OSError as exc:
+            raise self._failure("could not be read", exc) from exc
+        if signature == self._signature:
+            return False
+        if signature is None:
+            # Deleted behind our back: the next commit writes back everything we know.
+            log.warning("index_removed_externally", path=str(self.path))
+            self._signature = None
+            self._file_exists = False
+            return True
+        found = self._read()
+        if found is None:
+            return True
+        theirs, self._signature = found
+        self._file_exists = True
+        their_ids = {e.run_id for e in theirs}
+        ours_only = [e for e in self._snapshot.entries if e.run_id not in their_ids]
+        self._snapshot = _Snapshot.of([*theirs, *ours_only])
+        log.info(
+            "index_merged_external_change",
+            path=str(self.path),
+            their_entries=len(theirs),
+            kept_from_memory=len(ours_only),
+        )
+        return True
+
+    def commit(
+        self, entries: Iterable[IndexEntry], *, ensure_file: bool = False
+    ) -> list[IndexEntry]:
+        """Append the entries whose run id the index lacks and rewrite index.json durably.
+
+        Returns the entries actually appended (an entry whose run id is already indexed
+        is dropped: indexing a run twice is a no-op). Nothing is written when nothing is
+        appended, unless ``ensure_file`` and the file does not exist (or the file was
+        removed or moved aside, in which case what is in memory is written back).
+        On failure raises RunforgeError(INDEX_WRITE_FAILED) and the index, in memory and
+        on disk, is as it was.
+        """
+        self.refresh()
+        snapshot = self._snapshot
+        seen = set(snapshot.by_id)
+        added: list[IndexEntry] = []
+        for entry in entries:
+            if entry.run_id not in seen:
+                seen.add(entry.run_id)
+                added.append(entry)
+        write_back = self._signature is None and (snapshot.entries or ensure_file)
+        if not added and not write_back:
+            return []
+        runs = list(snapshot.entries) + added
+        data = _encoder.encode(IndexFile(schema_version=INDEX_SCHEMA_VERSION, runs=runs))
+        try:
+            os.makedirs(self.path.parent, exist_ok=True)
+            write_bytes_atomic(self.path, data)
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise self._failure("could not be written", exc) from exc
+        self._signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._file_exists = True
+        self._snapshot = snapshot.extended(added) if added else snapshot
+        self.writes += 1
+        log.info("index_written", path=str(self.path), added=len(added), entries=len(runs))
+        return added
+
+    def _read(self) -> tuple[list[IndexEntry], Signature] | None:
+        """The entries in index.json and the signature of the bytes read, or None when
+        there is no file or it was corrupt (and has been moved aside)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._file_exists = False
+            return None
+        except OSError as exc:
+            raise self._failure("could not be read", exc) from exc
+        try:
+            st = os.fstat(fd)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise self._failure("could not be read", exc) from exc
+        finally:
+            os.close(fd)
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            decoded = _decoder.decode(b"".join(chunks))
+        except msgspec.DecodeError as exc:
+            self._move_aside(str(exc))
+            return None
+        entries = decoded.runs if isinstance(decoded, IndexFile) else decoded
+        return entries, signature
+
+    def _move_aside(self, reason: str) -> None:
+        """Keep a corrupt index as ``index.json.corrupt.<timestamp>``, never overwrite it."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt.{stamp}")
+        suffix = 0
+        while target.exists():  # rename would silently replace an earlier copy
+            suffix += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt.{stamp}.{suffix}")
+        try:
+            os.rename(self.path, target)
+            fsync_directory(self.path.parent)
+        except OSError as exc:
+            raise self._failure("is corrupt and could not be moved aside", exc) from exc
+        rel = target.relative_to(self.workspace).as_posix()
+        self._corrupt_kept_as.append(rel)
+        self._signature = None
+        self._file_exists = False
+        log.warning("index_corrupt_moved_aside", path=str(self.path), kept_as=rel, reason=reason)
+
+    def _failure(self, what: str, exc: OSError) -> RunforgeError:
+        return RunforgeError(
+            ErrorCode.INDEX_WRITE_FAILED,
+            f"the run index {self.path} {what}: {exc.strerror or exc}",
+            remediation=(
+                f"make {self.path.parent} a writable directory with free space, then run "
+                f"`runforgectl recover --workspace {self.workspace}`"
+            ),
+            details={
+                "index_path": str(self.path),
+                "error_type": type(exc).__name__,
+                "errno": exc.errno,
+            },
+        )
