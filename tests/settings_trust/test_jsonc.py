@@ -17,8 +17,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=16,
 )
 
@@ -26,32 +27,45 @@ json_values = st.recursive(
 # contain quotes, commas, brackets and comment openers that must not leak out of them.
 trivia = st.lists(
     st.sampled_from(
-        [" ", "\n", "\t", "\r\n", '// a "comment", with [brackets] /* and */\n', "/**/",
-         "/* multi\n line, // not a line comment */", "//\n"]
+        [
+            " ",
+            "\n",
+            "\t",
+            "\r\n",
+            '// a "comment", with [brackets] /* and */\n',
+            "/**/",
+            "/* multi\n line, // not a line comment */",
+            "//\n",
+        ]
     ),
     max_size=3,
 ).map("".join)
 
 
-def render(value: Any, draw: st.DrawFn) -> str:
+def render(value: Any, data: st.DataObject) -> str:
     """``value`` as JSONC: random trivia around every token, random trailing commas."""
 
     def gap() -> str:
-        return draw(trivia)
+        return data.draw(trivia)
 
     if isinstance(value, dict):
         members = [
-            gap() + json.dumps(key, ensure_ascii=draw(st.booleans())) + gap() + ":"
-            + render(item, draw)
+            gap()
+            + json.dumps(key, ensure_ascii=data.draw(st.booleans()))
+            + gap()
+            + ":"
+            + render(item, data)
             for key, item in value.items()
         ]
-        trailing = "," if members and draw(st.booleans()) else ""
+        trailing_comma: bool = data.draw(st.booleans())
+        trailing = "," if members and trailing_comma else ""
         return gap() + "{" + ",".join(members) + trailing + gap() + "}" + gap()
     if isinstance(value, list):
-        items = [render(item, draw) for item in value]
-        trailing = "," if items and draw(st.booleans()) else ""
+        items = [render(item, data) for item in value]
+        trailing_comma = data.draw(st.booleans())
+        trailing = "," if items and trailing_comma else ""
         return gap() + "[" + ",".join(items) + trailing + gap() + "]" + gap()
-    return gap() + json.dumps(value, ensure_ascii=draw(st.booleans())) + gap()
+    return gap() + json.dumps(value, ensure_ascii=data.draw(st.booleans())) + gap()
 
 
 @settings(deadline=None)
@@ -59,7 +73,7 @@ def render(value: Any, draw: st.DrawFn) -> str:
 def test_any_json_value_with_comments_and_trailing_commas_parses_to_the_same_value(
     value: Any, data: st.DataObject
 ) -> None:
-    assert parse_jsonc(render(value, data.draw)) == value
+    assert parse_jsonc(render(value, data)) == value
 
 
 @settings(deadline=None)

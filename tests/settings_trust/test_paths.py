@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ from runforged.paths import (
 )
 
 
-def error_code(call: object, *args: object) -> ErrorCode:
+def error_code(call: Callable[..., object], *args: object) -> ErrorCode:
     with pytest.raises(RunforgeError) as caught:
-        call(*args)  # type: ignore[operator]
+        call(*args)
     return caught.value.code
 
 
@@ -125,8 +126,22 @@ def test_well_formed_run_ids_are_accepted(run_id: str) -> None:
 
 @pytest.mark.parametrize(
     "run_id",
-    ["../../etc", "a/b", ".", "..", "/abs", "", ".hidden", "-flag", "a..b", "x" * 129,
-     "a\0b", "a b", "run\n", "a\\b"],
+    [
+        "../../etc",
+        "a/b",
+        ".",
+        "..",
+        "/abs",
+        "",
+        ".hidden",
+        "-flag",
+        "a..b",
+        "x" * 129,
+        "a\0b",
+        "a b",
+        "run\n",
+        "a\\b",
+    ],
 )
 def test_hostile_or_malformed_run_ids_are_refused(run_id: str) -> None:
     assert error_code(validate_run_id, run_id) == ErrorCode.INVALID_RUN_ID

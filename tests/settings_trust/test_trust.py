@@ -18,9 +18,7 @@ from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
 from tests.harness import SESSION_MARKER, SESSION_MARKER_ENV
 
 
-def test_a_missing_trust_file_means_nothing_is_trusted(
-    store: TrustStore, workspace: Path
-) -> None:
+def test_a_missing_trust_file_means_nothing_is_trusted(store: TrustStore, workspace: Path) -> None:
     assert store.list() == []
     assert not store.is_trusted(workspace)
     assert not store.path.exists()
@@ -187,7 +185,8 @@ def test_an_existing_config_folder_open_to_others_is_made_private(
         "{not json",
         "",
         '{"schema_version": "runforge.trust.v1"}',
-        '{"schema_version": "runforge.trust.v1", "workspaces": [{"path": "rel", "trusted_at": ""}]}',
+        '{"schema_version": "runforge.trust.v1",'
+        ' "workspaces": [{"path": "rel", "trusted_at": ""}]}',
         '{"schema_version": "v999", "workspaces": []}',
         "[]",
     ],
@@ -198,8 +197,11 @@ def test_a_corrupt_trust_file_is_an_error_and_is_never_emptied(
     store.path.parent.mkdir(mode=0o700)
     store.path.write_text(content)
     store.path.chmod(0o600)
-    for action in (store.list, lambda: store.is_trusted(workspace),
-                   lambda: store.trust(str(workspace))):
+    for action in (
+        store.list,
+        lambda: store.is_trusted(workspace),
+        lambda: store.trust(str(workspace)),
+    ):
         with pytest.raises(RunforgeError) as caught:
             action()
         assert caught.value.code == ErrorCode.SETTINGS_INVALID
@@ -226,10 +228,10 @@ def test_concurrent_writers_in_separate_processes_lose_no_update(
         "for folder in sys.argv[2:]: store.trust(folder)\n"
     )
     batches = []
-    for writer in range(4):
+    for number in range(4):
         batch = []
         for index in range(8):
-            folder = tmp_path / f"ws-{writer}-{index}"
+            folder = tmp_path / f"ws-{number}-{index}"
             folder.mkdir()
             batch.append(str(folder.resolve()))
         batches.append(batch)
