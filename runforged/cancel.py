@@ -214,8 +214,8 @@ class CancelController:
         default_grace_s: float,
         now: Callable[[], float],
         call_at: Callable[[float, Callable[[], None]], Cancellable],
-        send_term: Callable[[], None],
-        kill_tree: Callable[[], None],
+        send_term: Callable[[], object],
+        kill_tree: Callable[[], object],
         publish_countdown: Callable[[int], None],
     ) -> None:
         if not _is_valid_grace(default_grace_s):
@@ -239,8 +239,8 @@ class CancelController:
         loop: asyncio.AbstractEventLoop,
         *,
         default_grace_s: float,
-        send_term: Callable[[], None],
-        kill_tree: Callable[[], None],
+        send_term: Callable[[], object],
+        kill_tree: Callable[[], object],
         publish_countdown: Callable[[int], None],
     ) -> CancelController:
         """The controller on an asyncio loop's clock and timers (call it on the loop)."""

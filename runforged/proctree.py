@@ -59,18 +59,18 @@ class ProcessTree:
     also its process-group id. Descendants that leave the group (``setsid``, their own
     process group) are only reachable through what ``refresh()`` recorded while their
     parent was alive, hence the supervisor calls it periodically and right before a kill.
+    ``refresh()`` may run in a worker thread while the other methods run on the event
+    loop: records are only ever added (or replaced when their pid was reused).
     """
 
-    def __init__(self, leader_pid: int) -> None:
-        # A trainer that exited (and was reaped) before it was attached has no tree.
-        self.leader = ProcessIdentity.of(leader_pid)
-        self._descendants: dict[int, ProcessIdentity] = {}
-        # Only a leader of its own group gets killpg: never the daemon's own group.
-        self._pgid: int | None = None
-        if self.leader is not None:
-            with contextlib.suppress(ProcessLookupError):
-                if os.getpgid(leader_pid) == leader_pid:
-                    self._pgid = leader_pid
+    def __init__(
+        self, leader: int | ProcessIdentity, descendants: Iterable[ProcessIdentity] = ()
+    ) -> None:
+        """``leader``: the pid of a trainer just spawned (its start time is read now; if it
+        is already gone the tree is empty), or an identity recorded earlier, e.g. persisted
+        by a daemon that then crashed, with the ``descendants`` recorded with it."""
+        self.leader = ProcessIdentity.of(leader) if isinstance(leader, int) else leader
+        self._descendants = {identity.pid: identity for identity in descendants}
 
     @property
     def descendants(self) -> list[ProcessIdentity]:
@@ -112,9 +112,9 @@ class ProcessTree:
     def kill_all(self) -> list[ProcessIdentity]:
         """SIGKILL the leader's process group and every recorded process that is still the
         same process. Returns the recorded processes that were signalled."""
-        if self._pgid is not None and self._group_is_ours():
+        if self.leader is not None and _group_is_trainers(self.leader):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pgid, signal.SIGKILL)
+                os.killpg(self.leader.pid, signal.SIGKILL)
         return [p for p in self._recorded() if signal_process(p, signal.SIGKILL)]
 
     def survivors(self) -> list[ProcessIdentity]:
@@ -124,18 +124,6 @@ class ProcessTree:
     def _recorded(self) -> list[ProcessIdentity]:
         leader = [] if self.leader is None else [self.leader]
         return leader + list(self._descendants.values())
-
-    def _group_is_ours(self) -> bool:
-        # A process-group id is not reused while any process still belongs to the group, so
-        # a recorded process alive inside it proves the group is the trainer's. Without one,
-        # the group may be gone and its id handed to a stranger: leave it alone.
-        for identity in self._recorded():
-            with contextlib.suppress(ProcessLookupError):
-                if os.getpgid(identity.pid) == self._pgid and (
-                    _create_time(identity.pid) == identity.create_time
-                ):
-                    return True
-        return False
 
 
 def signal_process(identity: ProcessIdentity, sig: int) -> bool:
@@ -165,6 +153,24 @@ def signal_process(identity: ProcessIdentity, sig: int) -> bool:
         return _check_then_kill(identity, sig)
     finally:
         os.close(pidfd)
+
+
+def _group_is_trainers(leader: ProcessIdentity) -> bool:
+    """Whether the process group whose id is the leader's pid is still the trainer's."""
+    # Linux does not hand out a pid that is still some group's id. So while the leader's
+    # pid is free or still the leader's, a group with that id is the trainer's; once a
+    # stranger holds the pid, the trainer's group is gone. (The one gap: a stranger takes
+    # the pid, starts its own group and exits, all between two looks: pid_max spawns.)
+    holder = _create_time(leader.pid)
+    if holder is None:
+        return True
+    if holder != leader.create_time:
+        return False
+    try:
+        # A leader that does not lead its own group would make this the daemon's group.
+        return os.getpgid(leader.pid) == leader.pid
+    except ProcessLookupError:
+        return True
 
 
 def _check_then_kill(identity: ProcessIdentity, sig: int) -> bool:
