@@ -1,10 +1,9 @@
 """The documents a finished run leaves in its folder, built from the trained model.
 
 Interpretability (feature importance for forests, standardized coefficients for linear
-models), the interpretability index, ``metrics.json``, ``run.json`` (run schema v0.3.6)
-and ``index_entry.json``: the entry the daemon adds to ``.ml/outputs/index.json``
-(index schema v1.0.0), so that name, preset, device and duration, which run.json's
-closed schema has no room for, travel with the run.
+models), the interpretability index, ``metrics.json`` and ``run.json`` (run schema
+v0.3.6, a closed schema: the run's display name, preset, device and duration are not in
+it; the daemon records them in its own ``request.json`` / ``result.json``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from sklearn.pipeline import Pipeline
 
 from runforge_runner import __version__
 from runforge_runner.dataset import Dataset
-from runforge_runner.evaluation import final_metrics, json_label
+from runforge_runner.evaluation import json_label
 from runforge_runner.layout import (
     FEATURE_IMPORTANCE_FILE,
     LINEAR_COEFFICIENTS_FILE,
@@ -104,16 +103,12 @@ class RunRecord:
     """What run.json and the index entry are made of."""
 
     run_id: str
-    run_dir: str  # workspace-relative
-    name: str
     created_at: str
-    device: str
     dataset_path: str
     dataset: Dataset
     plan: TrainingPlan
     metrics: dict[str, Any]
     interpretability_file: str  # FEATURE_IMPORTANCE_FILE or LINEAR_COEFFICIENTS_FILE
-    duration_ms: int
 
 
 def interpretability_index(
@@ -207,23 +202,3 @@ def run_document(record: RunRecord) -> dict[str, Any]:
         document["expanded_parameters_hash"] = record.plan.expanded_parameters_hash()
     document["hyperparameters"] = record.plan.run_json_hyperparameters()
     return document
-
-
-def index_entry(record: RunRecord) -> dict[str, Any]:
-    """This run's entry for ``.ml/outputs/index.json`` (index schema v1.0.0 ``runs[]``)."""
-    return {
-        "run_id": record.run_id,
-        "created_at": record.created_at,
-        "name": record.name or record.run_id,
-        "preset_id": record.plan.preset,
-        "status": "succeeded",
-        "summary": {
-            "duration_ms": record.duration_ms,
-            "final_metrics": final_metrics(record.metrics),
-            "device": record.device,
-        },
-        "run_dir": record.run_dir,
-        "dataset_fingerprint_sha256": record.dataset.fingerprint_sha256,
-        "label_column": record.dataset.label_column,
-        "model_pkl": f"{record.run_dir}/{MODEL_FILE}",
-    }

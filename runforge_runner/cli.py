@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", required=True, choices=PRESETS)
     train.add_argument("--out", required=True, help="the run folder; its name is the run id")
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    train.add_argument("--name", default="", help="display name (default: the run id)")
+    train.add_argument(
+        "--name", default="", help="display name; the daemon records it (request.json)"
+    )
     train.add_argument("--seed", type=int, help="random seed (default 42)")
     train.add_argument("--model", choices=MODEL_FAMILIES, default=DEFAULT_MODEL_FAMILY)
     train.add_argument("--profile", choices=PROFILES)
@@ -119,7 +121,6 @@ def _train(args: argparse.Namespace, cancel_signal: CancelSignal) -> int:
         plan=plan,
         dataset_path=Path(os.path.abspath(raw_dataset)),
         label_column=args.label,
-        name=args.name,
         device=args.device,
     )
     return session.run(lambda active: train_run(active, request))

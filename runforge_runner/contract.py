@@ -135,10 +135,15 @@ class CancelSignal:
     """The SIGTERM (and SIGINT) latch: records the first request, ignores the rest.
 
     Install it as the very first thing a trainer does, before any slow import, so that a
-    signal at any moment after start-up leads to the graceful path. The handler only
-    records the time and wakes a waiter; it never writes, so it cannot interleave with
-    an event line the main thread is printing.
+    signal at any moment after start-up leads to the graceful path. The request is seen
+    twice over: by a Python handler, and, at the instant of delivery, by a watcher thread
+    woken through ``signal.set_wakeup_fd``. Python runs handlers only between bytecodes,
+    so while the main thread sits in a long scikit-learn call the watcher is what starts
+    the countdown on time. Neither path writes anything, so neither can interleave with an
+    event line being printed.
     """
+
+    CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested_at: float | None = None
@@ -148,8 +153,14 @@ class CancelSignal:
     @classmethod
     def install(cls) -> CancelSignal:
         latch = cls()
-        signal.signal(signal.SIGTERM, latch._handle)
-        signal.signal(signal.SIGINT, latch._handle)
+        for signum in cls.CANCEL_SIGNALS:
+            signal.signal(signum, latch._handle)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(
+            target=latch._watch, args=(read_fd,), name="runforge-cancel-watch", daemon=True
+        ).start()
         return latch
 
     @property
@@ -161,12 +172,24 @@ class CancelSignal:
         return self._requested.wait(timeout)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._record(signum)
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            delivered = os.read(read_fd, 64)
+            if not delivered:
+                return
+            for signum in delivered:
+                if signum in self.CANCEL_SIGNALS:
+                    self._record(signum)
+
+    def _record(self, signum: int) -> None:
         # A second signal, or one during the flush, changes nothing: the first request
         # already set the deadline and the flush is under way.
         if self.requested_at is not None:
             return
-        self.requested_at = time.monotonic()
         self.signal_name = signal.Signals(signum).name
+        self.requested_at = time.monotonic()
         self._requested.set()
 
 
@@ -188,13 +211,15 @@ class _Countdown(threading.Thread):
         assert requested_at is not None
         step = self._session.step
         self._session.cancel_step = step
+        # Tick k is due k seconds after the request and shows the whole seconds left then,
+        # rounded down so the countdown never promises more time than the daemon gives.
+        whole_seconds = math.floor(self._session.grace_s)
         tick = 0
         while True:
-            remaining = self._session.grace_s - (time.monotonic() - requested_at)
-            seconds = min(MAX_SECONDS_REMAINING, max(0, math.floor(remaining + 1e-6)))
+            seconds = min(MAX_SECONDS_REMAINING, max(0, whole_seconds - tick))
             self._session.emit("cancelling", seconds_remaining=seconds, step=step)
             self.first_emitted.set()
-            if remaining <= 0:
+            if seconds == 0:
                 return
             tick += 1
             next_tick = requested_at + tick

@@ -69,9 +69,3 @@ def compute_metrics(model: Pipeline, split: Split) -> dict[str, Any]:
             log_loss=float(log_loss(split.y_val, probabilities, labels=classes)),
         )
     return document
-
-
-def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The scalar scores, for the daemon's index summary."""
-    names = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss")
-    return {name: float(metrics[name]) for name in names if name in metrics}

@@ -9,5 +9,4 @@ METRICS_V1_FILE = "metrics.v1.json"
 FEATURE_IMPORTANCE_FILE = "feature_importance.v1.json"
 LINEAR_COEFFICIENTS_FILE = "linear_coefficients.v1.json"
 INTERPRETABILITY_INDEX_FILE = "interpretability.index.v1.json"
-INDEX_ENTRY_FILE = "index_entry.json"
 RUN_FILE = "run.json"  # written last: its presence means the run completed

@@ -30,7 +30,6 @@ from runforge_runner.contract import (
 from runforge_runner.dataset import load_dataset
 from runforge_runner.layout import (
     FEATURE_IMPORTANCE_FILE,
-    INDEX_ENTRY_FILE,
     INTERPRETABILITY_INDEX_FILE,
     LINEAR_COEFFICIENTS_FILE,
     METRICS_FILE,
@@ -49,7 +48,6 @@ class TrainRequest:
     plan: TrainingPlan
     dataset_path: Path
     label_column: str
-    name: str
     device: str
 
 
@@ -66,23 +64,20 @@ class FinishedWork:
 
 def train_run(session: TrainerSession, request: TrainRequest) -> None:
     """The whole run; raises ``RunCancelled`` at the first check after a cancel."""
-    started = time.monotonic()
     created_at = utc_timestamp()
     plan = request.plan
     work = FinishedWork()
     session.on_cancel(lambda: _flush_finished_work(session, work))
 
-    session.enter_step(STEP_DATASET_LOADING)
     session.emit(
         "run_start",
         preset_id=plan.preset,
         model_family=plan.model_family,
         out_dir=session.run_dir_relative,
     )
-    device = request.device
-    if device == "cuda":
+    session.enter_step(STEP_DATASET_LOADING)
+    if request.device == "cuda":
         session.log("--device cuda: scikit-learn has no GPU support; training on the CPU")
-        device = "cpu"
     dataset = load_dataset(request.dataset_path, request.label_column, session.checkpoint)
     session.checkpoint()
     # scikit-learn takes about a second to import; by now the cancel handler has long been
@@ -145,23 +140,18 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     session.checkpoint()
     record = artifacts.RunRecord(
         run_id=session.run_id,
-        run_dir=session.run_dir_relative,
-        name=request.name,
         created_at=created_at,
-        device=device,
         dataset_path=workspace_relative(request.dataset_path),
         dataset=dataset,
         plan=plan,
         metrics=work.metrics,
         interpretability_file=interpretability_file,
-        duration_ms=round((time.monotonic() - started) * 1000),
     )
     session.write_json(
         INTERPRETABILITY_INDEX_FILE,
         artifacts.interpretability_index(record, interpretability, utc_timestamp()),
     )
     session.write_json(METRICS_FILE, artifacts.metrics_summary(record))
-    session.write_json(INDEX_ENTRY_FILE, artifacts.index_entry(record))
     session.checkpoint()
     # From here on the run is complete: run.json is its proof, artifacts_written its news.
     session.write_json(RUN_FILE, artifacts.run_document(record))
