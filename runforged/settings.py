@@ -408,11 +408,10 @@ def workspace_settings_path(workspace: Path) -> Path:
 
 
 def _invalid(message: str, file: str | None, **details: Any) -> RunforgeError:
-    where = f"in {file}" if file else "in the request"
     return RunforgeError(
         ErrorCode.SETTINGS_INVALID,
         message,
-        remediation=f"fix the setting {where}",
+        remediation=f"correct {file}" if file else "correct the request's settings",
         details={"file": file, **details},
     )
 
