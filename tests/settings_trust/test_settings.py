@@ -166,6 +166,7 @@ def test_a_wrong_value_in_the_workspace_names_the_file_the_key_and_the_line(
     assert error.details["file"] == str(path)
     assert error.details["line"] == 3
     assert error.details["key"] == key
+    assert error.remediation == f"correct {path}"
 
 
 def test_a_wrong_value_in_the_user_config_names_that_file(
