@@ -17,7 +17,7 @@ from typing import Any, Union, get_args
 import msgspec
 
 from protocol.errors import ErrorCode
-from protocol.records import IndexStatus, RunState
+from protocol.records import IndexStatus, RecoveryReport, RunState
 
 PROTOCOL_VERSION = 1
 # Requests larger than this are answered with MESSAGE_TOO_LARGE. Far larger frames are
@@ -109,7 +109,10 @@ class Active(RequestBase, tag="active"):
 
 
 class ListRuns(RequestBase, tag="runs"):
+    """Live runs, orphans, then finished runs newest first (at most ``limit`` of those)."""
+
     workspace: str
+    limit: int = 200
 
 
 class ShowRun(RequestBase, tag="show"):
@@ -238,38 +241,20 @@ class StatusResult(ResultBase, tag="status"):
     workspace: WorkspaceStatus | None = None
 
 
-class SettingValue(msgspec.Struct, kw_only=True):
-    key: str
-    value: Any
-    source: str  # "default" | "user" | "workspace" | "request"
-    file: str | None = None
-
-
-class InterpreterInfo(msgspec.Struct, kw_only=True):
-    python_path: str
-    executable: str = ""
-    version: str = ""
-    supported: bool = False
-    error: ErrorInfo | None = None
-
-
-class GpuInfo(msgspec.Struct, kw_only=True):
-    method: str  # "torch" | "nvidia-smi" | "none"
-    available: bool
-    name: str | None = None
-    free_mib: int | None = None
-    total_mib: int | None = None
-    chosen_device: str = "cpu"
-    detail: str = ""
-
-
 class WorkspaceStatus(msgspec.Struct, kw_only=True):
+    """A workspace as the daemon sees it. ``settings`` is the resolved settings document:
+    one key per setting (``pythonPath``...), ``origins`` (where each value came from:
+    source, file, line) and ``warnings``. ``interpreter``, ``gpu`` and ``device`` are the
+    probe results (None when the workspace is not trusted: probing runs Python);
+    ``problems`` lists what stops a run from starting here."""
+
     workspace: str
     trusted: bool
-    settings: list[SettingValue] = []
-    warnings: list[str] = []
-    interpreter: InterpreterInfo | None = None
-    gpu: GpuInfo | None = None
+    settings: dict[str, Any] | None = None
+    interpreter: dict[str, Any] | None = None
+    gpu: dict[str, Any] | None = None
+    device: dict[str, Any] | None = None
+    problems: list[ErrorInfo] = []
     orphans: list[OrphanInfo] = []
 
 
@@ -284,9 +269,10 @@ class TrustResult(ResultBase, tag="trust"):
 
 
 class SettingsResult(ResultBase, tag="settings"):
+    """The resolved settings document (see ``WorkspaceStatus.settings``)."""
+
     workspace: str
-    settings: list[SettingValue] = []
-    warnings: list[str] = []
+    settings: dict[str, Any]
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -380,7 +366,7 @@ class InspectResult(ResultBase, tag="inspect"):
 
 class RecoverResult(ResultBase, tag="recover"):
     workspace: str
-    report: dict[str, Any]
+    report: RecoveryReport
     orphans: list[OrphanInfo] = []
 
 

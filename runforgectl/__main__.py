@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from protocol import messages as m
 from protocol.discovery import RUNTIME_DIR_ENV, Endpoints
 from protocol.records import RunState
@@ -98,20 +100,29 @@ def cmd_status(ctx: Context) -> int:
         ]
     )
     if result.workspace is not None:
-        ws = result.workspace
-        print()
-        output.orphan_banner(ws.orphans)
-        print(f"workspace {ws.workspace} ({'trusted' if ws.trusted else 'NOT trusted'})")
-        _print_settings(ws.settings, ws.warnings)
-        if ws.interpreter is not None:
-            i = ws.interpreter
-            state = "supported" if i.supported else (i.error.message if i.error else "unsupported")
-            print(f"\ninterpreter  {i.python_path} -> Python {i.version or '?'} ({state})")
-        if ws.gpu is not None:
-            g = ws.gpu
-            gpu = f"{g.name} ({g.free_mib} MiB free)" if g.available else "none"
-            print(f"gpu          {gpu} via {g.method}; device choice: {g.chosen_device}")
+        _print_workspace_status(result.workspace)
     return EXIT_OK
+
+
+def _print_workspace_status(ws: m.WorkspaceStatus) -> None:
+    print()
+    output.orphan_banner(ws.orphans)
+    print(f"workspace {ws.workspace} ({'trusted' if ws.trusted else 'NOT trusted'})")
+    if ws.settings is not None:
+        _print_settings(ws.settings)
+    if ws.interpreter is not None:
+        i = ws.interpreter
+        print(
+            f"\ninterpreter  {i.get('python_path')} -> {i.get('executable')} (Python {i.get('version')})"
+        )
+    if ws.gpu is not None:
+        devices = ws.gpu.get("devices") or []
+        gpus = ", ".join(f"{d.get('name')} ({d.get('free_mib')} MiB free)" for d in devices)
+        print(f"gpu          {gpus or 'none'} (probed with {ws.gpu.get('source')})")
+    if ws.device is not None:
+        print(f"device       {ws.device.get('device')}: {ws.device.get('reason')}")
+    for problem in ws.problems:
+        output.error(problem, sys.stdout)
 
 
 def cmd_daemon_start(ctx: Context) -> int:
@@ -236,17 +247,39 @@ def cmd_settings(ctx: Context) -> int:
         output.print_json(result)
     else:
         print(f"effective settings for {result.workspace}")
-        _print_settings(result.settings, result.warnings)
+        _print_settings(result.settings)
     return EXIT_OK
 
 
-def _print_settings(settings: list[m.SettingValue], warnings: list[str]) -> None:
-    output.table(
-        ["setting", "value", "source"],
-        [[s.key, s.value, f"{s.source}" + (f" ({s.file})" if s.file else "")] for s in settings],
-    )
-    for warning in warnings:
-        print(f"warning: {warning}")
+SETTING_KEYS = (
+    "pythonPath",
+    "mlRunnerModule",
+    "datasetPath",
+    "modelFamily",
+    "profile",
+    "preset",
+    "device",
+    "cancelGraceSeconds",
+    "maxConcurrentRuns",
+    "maxConcurrentRunsGlobal",
+)
+
+
+def _print_settings(settings: dict[str, Any]) -> None:
+    origins = settings.get("origins", {})
+    rows = []
+    for key in SETTING_KEYS:
+        origin = origins.get(key, {})
+        where = origin.get("source", "default")
+        if origin.get("file"):
+            where += (
+                f" ({origin['file']}" + (f":{origin['line']}" if origin.get("line") else "") + ")"
+            )
+        rows.append([key, settings.get(key), where])
+    output.table(["setting", "value", "source"], rows)
+    for warning in settings.get("warnings", []):
+        place = f" ({warning.get('file')}:{warning.get('line')})" if warning.get("file") else ""
+        print(f"warning: {warning.get('key')}: {warning.get('message')}{place}")
 
 
 # ---------------------------------------------------------------------- runs
@@ -282,7 +315,7 @@ def cmd_train(ctx: Context) -> int:
             print(run.run_id)
         return EXIT_OK
     if not ctx.json:
-        where = f" (queued, position {run.queue_position})" if run.state is RunState.QUEUED else ""
+        where = f" (queued, position {run.queue_position})" if run.queue_position else ""
         print(f"{run.run_id}{where}")
     return _follow_to_end(ctx, run.workspace, run.run_id, TRAIN_EXIT, cancel_on_interrupt=True)
 
@@ -396,8 +429,7 @@ def cmd_runs(ctx: Context) -> int:
     if ctx.args.recover:
         report: m.RecoverResult = ctx.call(m.Recover(workspace=ctx.workspace()), timeout_s=300)
         if not ctx.json:
-            recovered = report.report.get("recovered", [])
-            print(f"recovered {len(recovered)} run(s)\n")
+            print(f"recovered {len(report.report.recovered)} run(s)\n")
     result: m.RunsResult = ctx.call(m.ListRuns(workspace=ctx.workspace()))
     if ctx.json:
         output.print_json(result)
@@ -405,15 +437,15 @@ def cmd_runs(ctx: Context) -> int:
     output.orphan_banner(result.orphans)
     rows: list[list[Any]] = []
     for o in result.orphans:
-        rows.append([o.run_id, "ORPHANED", "-", o.created_at, "-", o.error or "not in index"])
+        rows.append([o.run_id, "ORPHANED", "", o.created_at, None, o.error or "not in index"])
     for r in result.runs:
         metric = r.final_metrics.get("accuracy")
         note = r.reason or ("" if r.index_status.value == "indexed" else r.index_status.value)
-        rows.append([r.run_id, r.state.value, r.model, r.created_at, metric, note])
+        rows.append([r.run_id, r.state.value, r.name, r.created_at, metric, note])
     if not rows:
         print(f"no runs in {result.workspace}")
         return EXIT_OK
-    output.table(["run", "state", "model", "created", "accuracy", "note"], rows)
+    output.table(["run", "state", "name", "created", "accuracy", "note"], rows)
     return EXIT_OK
 
 
@@ -505,10 +537,12 @@ def cmd_recover(ctx: Context) -> int:
         return EXIT_OK
     from runforgectl.recovery_report import render_markdown, render_text
 
+    report = msgspec.to_builtins(result.report)
+    output.orphan_banner(result.orphans)
     if ctx.args.markdown:
-        sys.stdout.write(render_markdown(result.workspace, result.report))
+        sys.stdout.write(render_markdown(result.workspace, report))
     else:
-        render_text(result.workspace, result.report)
+        render_text(result.workspace, report)
     return EXIT_OK
 
 

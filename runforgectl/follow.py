@@ -81,12 +81,20 @@ class ProgressDisplay:
         self.tty = self.out.isatty()
         self.started: float | None = None
         self._line_open = False
+        self._last_status = 0.0
 
-    def _status(self, text: str) -> None:
+    # Off a terminal, progress lines are throttled to one per this many seconds.
+    PLAIN_STATUS_INTERVAL_S = 1.0
+
+    def _status(self, text: str, *, force: bool = False) -> None:
         if self.tty:
             self.out.write("\r\033[K" + text)
             self._line_open = True
         else:
+            now = time.monotonic()
+            if not force and now - self._last_status < self.PLAIN_STATUS_INTERVAL_S:
+                return
+            self._last_status = now
             self.out.write(text + "\n")
         self.out.flush()
 
@@ -121,7 +129,7 @@ class ProgressDisplay:
             parts.append(f"elapsed {duration(elapsed)}")
             if epoch > 0:
                 parts.append(f"ETA {duration(elapsed / epoch * max(0, total - epoch))}")
-            self._status("  ".join(parts))
+            self._status("  ".join(parts), force=epoch >= total)
         elif kind == "train_finished":
             self._say(f"training finished in {duration(elapsed)}")
         elif kind == "metrics_computed":
@@ -129,9 +137,11 @@ class ProgressDisplay:
         elif kind == ev.CANCEL_REQUESTED:
             self._say(f"cancel requested (grace {data.get('grace_s', '?')} s)")
         elif kind == ev.CANCEL_COUNTDOWN:
-            self._status(f"Cancelling… {data.get('seconds_remaining')} s")
+            self._status(f"Cancelling… {data.get('seconds_remaining')} s", force=True)
         elif kind == "cancelling":
-            self._status(f"Cancelling… {data.get('seconds_remaining')} s (trainer flushing)")
+            self._status(
+                f"Cancelling… {data.get('seconds_remaining')} s (trainer flushing)", force=True
+            )
         elif kind == ev.CANCEL_ESCALATED:
             self._say("grace expired: process tree killed (SIGKILL)")
         elif kind == ev.INDEX_ORPHANED:

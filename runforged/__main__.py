@@ -50,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_foreground(endpoints: Endpoints, args: argparse.Namespace) -> int:
-    from runforged.app import build_daemon
+    from runforged.app import open_daemon
     from runforged.logs import configure_logging
 
     configure_logging(args.log_format, args.log_level)
     ready_fd = _take_ready_fd()
     try:
-        daemon = build_daemon(endpoints)
-        daemon.open()
+        daemon = open_daemon(endpoints)
     except RuntimeDirError as exc:
         print(f"runforged: {exc}", file=sys.stderr)
         _report(ready_fd, f"ERROR {exc}")

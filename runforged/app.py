@@ -5,7 +5,17 @@ from __future__ import annotations
 import runforged.handlers  # noqa: F401 - registers every request handler
 from protocol.discovery import Endpoints
 from runforged.server import Daemon
+from runforged.services import Services
 
 
-def build_daemon(endpoints: Endpoints) -> Daemon:
-    return Daemon(endpoints)
+def open_daemon(endpoints: Endpoints) -> Daemon:
+    """Take the runtime directory, bind the sockets, and attach the services.
+    Raises RuntimeDirError when the runtime directory cannot be used."""
+    daemon = Daemon(endpoints)
+    daemon.open()
+    try:
+        daemon.services = Services(daemon)
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon

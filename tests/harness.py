@@ -31,11 +31,14 @@ def short_tempdir(prefix: str) -> Path:
 
 
 def base_env(runtime_dir: Path, config_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test daemon and its clients: private runtime, config and state
+    directories (state beside config), and the session marker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "NOTIFY_"))}
     env.update(
         {
             "RUNFORGE_RUNTIME_DIR": str(runtime_dir),
             "RUNFORGE_CONFIG_DIR": str(config_dir),
+            "RUNFORGE_STATE_DIR": str(config_dir.parent / "state"),
             SESSION_MARKER_ENV: SESSION_MARKER,
             "PYTHONUNBUFFERED": "1",
         }

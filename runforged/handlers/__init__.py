@@ -1,5 +1,5 @@
 """Request handlers, one function per request; importing this package registers them all."""
 
-from runforged.handlers import daemon as daemon
+from runforged.handlers import daemon, observe, runs, trust
 
-__all__ = ["daemon"]
+__all__ = ["daemon", "observe", "runs", "trust"]

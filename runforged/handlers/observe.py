@@ -1,0 +1,366 @@
+"""Handlers of observability requests: runs, show, metrics, feature importance,
+coefficients, interpretability, export_md, inspect_dataset, inspect_artifact, recover.
+
+Every reply carries the workspace's orphans, so every client can show the banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    DocumentResult,
+    ExportMarkdown,
+    GetCoefficients,
+    GetFeatureImportance,
+    GetInterpretability,
+    GetMetrics,
+    InspectArtifact,
+    InspectDataset,
+    InspectResult,
+    ListRuns,
+    MarkdownResult,
+    Recover,
+    RecoverResult,
+    RunsResult,
+    RunSummary,
+    ShowRun,
+)
+from protocol.records import IndexEntry, IndexStatus, RequestRecord, ResultRecord, RunState
+from runforge_runner import layout
+from runforge_runner.atomicio import write_bytes_atomic
+from runforged import paths
+from runforged.errors import RunforgeError
+from runforged.inspection import inspect_artifact as spawn_inspect_artifact
+from runforged.inspection import inspect_dataset as spawn_inspect_dataset
+from runforged.markdown import render_run_markdown
+from runforged.server import Daemon, handles
+
+_result_decoder = msgspec.json.Decoder(ResultRecord)
+_request_decoder = msgspec.json.Decoder(RequestRecord)
+RUN_SUMMARY_FILE = "run-summary.md"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return msgspec.json.decode(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError) as exc:
+        raise RunforgeError(
+            ErrorCode.ARTIFACT_NOT_FOUND,
+            f"{path.name} of this run cannot be read: {exc}",
+            "the file is corrupt; 'runforgectl recover' will report the run folder",
+            {"path": str(path)},
+        ) from exc
+
+
+def _decode(decoder: Any, path: Path) -> Any:
+    try:
+        return decoder.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) -> RunSummary:
+    """A finished run as the files in its folder describe it."""
+    folder = paths.run_dir(workspace, run_id)
+    result: ResultRecord | None = _decode(_result_decoder, folder / "result.json")
+    request: RequestRecord | None = _decode(_request_decoder, folder / "request.json")
+    if entry is not None:
+        state = RunState.COMPLETED
+    elif result is not None:
+        state = result.state
+    elif (folder / layout.RUN_FILE).is_file():
+        state = RunState.COMPLETED  # written by another tool, or an orphan
+    else:
+        state = RunState.LOST
+    summary = RunSummary(
+        run_id=run_id,
+        workspace=str(workspace),
+        run_dir=f"{paths.RUNS_DIR}/{run_id}",
+        state=state,
+        index_status=IndexStatus.INDEXED
+        if entry is not None
+        else (result.index_status if result is not None else IndexStatus.NOT_INDEXED),
+    )
+    if request is not None:
+        summary.name = request.name
+        summary.model = request.model
+        summary.preset = request.preset
+        summary.created_at = request.created_at
+    if entry is not None:
+        summary.name = entry.name or summary.name
+        summary.preset = entry.preset_id or summary.preset
+        summary.created_at = entry.created_at or summary.created_at
+        if entry.summary is not None:
+            summary.duration_ms = entry.summary.duration_ms
+            summary.final_metrics = dict(entry.summary.final_metrics)
+    if result is not None:
+        summary.finished_at = result.finished_at
+        summary.duration_ms = summary.duration_ms or result.duration_ms
+        summary.final_metrics = summary.final_metrics or dict(result.final_metrics)
+        summary.reason = result.reason
+        summary.exit_code = result.exit_code
+        summary.partial_artifacts = list(result.partial_artifacts)
+    return summary
+
+
+def _entry_summary(workspace: Path, entry: IndexEntry) -> RunSummary:
+    """An index entry as a list row, without touching the disk."""
+    summary = RunSummary(
+        run_id=entry.run_id,
+        workspace=str(workspace),
+        run_dir=entry.run_dir or f"{paths.RUNS_DIR}/{entry.run_id}",
+        state=RunState.COMPLETED,
+        index_status=IndexStatus.INDEXED,
+        name=entry.name or "",
+        preset=entry.preset_id,
+        created_at=entry.created_at,
+    )
+    if entry.summary is not None:
+        summary.duration_ms = entry.summary.duration_ms
+        summary.final_metrics = dict(entry.summary.final_metrics)
+    return summary
+
+
+async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> tuple[str, Any]:
+    """(run id, index entry or None): ``run_id`` None means the newest index entry."""
+    writer = await daemon.services.indexes.get(workspace)
+    await writer.refresh()
+    if run_id is None:
+        latest = writer.index.latest()
+        if latest is None:
+            raise RunforgeError(
+                ErrorCode.NO_RUNS,
+                f"no indexed runs in {workspace}",
+                "train one with 'runforgectl train', or name a run id",
+                {"workspace": str(workspace)},
+            )
+        return latest.run_id, latest
+    run_id = paths.validate_run_id(run_id)
+    if not paths.run_dir(workspace, run_id).is_dir():
+        raise RunforgeError(
+            ErrorCode.RUN_NOT_FOUND,
+            f"no run {run_id} in {workspace}",
+            "list runs with 'runforgectl runs'",
+            {"run_id": run_id, "workspace": str(workspace)},
+        )
+    return run_id, writer.index.get(run_id)
+
+
+async def _document(
+    daemon: Daemon, workspace_arg: str, run_id_arg: str | None, kind: str, files: tuple[str, ...]
+) -> DocumentResult:
+    workspace = paths.validate_workspace(workspace_arg)
+    run_id, entry = await _resolve_run(daemon, workspace, run_id_arg)
+    folder = paths.run_dir(workspace, run_id)
+    for name in files:
+        document = await asyncio.to_thread(_read_json, folder / name)
+        if document is not None:
+            break
+    else:
+        raise RunforgeError(
+            ErrorCode.ARTIFACT_NOT_FOUND,
+            f"run {run_id} has no {kind.replace('_', ' ')} ({' or '.join(files)})",
+            _artifact_hint(kind),
+            {"run_id": run_id, "files": list(files)},
+        )
+    live = daemon.services.supervisor.find_live(run_id)
+    summary = (
+        daemon.services.supervisor.summary(live)
+        if live is not None
+        else await asyncio.to_thread(summary_from_disk, workspace, run_id, entry)
+    )
+    return DocumentResult(
+        workspace=str(workspace),
+        run_id=run_id,
+        kind=kind,
+        path=f"{paths.RUNS_DIR}/{run_id}/{name}",
+        document=document,
+        run=summary,
+        orphans=await daemon.services.orphans(workspace),
+    )
+
+
+def _artifact_hint(kind: str) -> str:
+    return {
+        "feature_importance": "tree models (random_forest) have feature importance; "
+        "linear models have coefficients instead",
+        "coefficients": "linear models (logistic_regression, linear_svc) have coefficients; "
+        "tree models have feature importance instead",
+        "run": "the run did not complete; see 'runforgectl runs' for how it ended",
+    }.get(kind, "the run may have been cancelled or failed before writing it")
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@handles(ListRuns)
+async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
+    workspace = paths.validate_workspace(request.workspace)
+    services = daemon.services
+    writer = await services.indexes.get(workspace)
+    await writer.refresh()
+    orphans = await services.orphans(workspace)
+    live = services.supervisor.live_runs(workspace)
+    live_ids = {r.run_id for r in live}
+    orphan_ids = {o.run_id for o in orphans}
+    rows = [services.supervisor.summary(r) for r in live]
+    index = writer.index
+    unindexed = await asyncio.to_thread(
+        _unindexed_finished_runs, workspace, index, live_ids | orphan_ids
+    )
+    indexed = [_entry_summary(workspace, e) for e in index.newest_first(0, request.limit)]
+    merged = sorted(unindexed + indexed, key=lambda r: r.created_at or "", reverse=True)
+    return RunsResult(
+        workspace=str(workspace), runs=rows + merged[: request.limit], orphans=orphans
+    )
+
+
+def _unindexed_finished_runs(workspace: Path, index: Any, skip: set[str]) -> list[RunSummary]:
+    """Cancelled, failed and lost runs: folders the index does not list (orphans and live
+    runs aside). One directory listing, then one small read per such folder."""
+    from runforged.recovery import run_folder_names
+
+    out = []
+    for name in run_folder_names(str(paths.runs_dir(workspace))):
+        if name in skip or name in index or index.lists_run_dir(f"{paths.RUNS_DIR}/{name}"):
+            continue
+        out.append(summary_from_disk(workspace, name, None))
+    return out
+
+
+@handles(ShowRun)
+async def show(daemon: Daemon, request: ShowRun) -> DocumentResult:
+    return await _document(
+        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+    )
+
+
+@handles(GetMetrics)
+async def metrics(daemon: Daemon, request: GetMetrics) -> DocumentResult:
+    return await _document(
+        daemon,
+        request.workspace,
+        request.run_id,
+        "metrics",
+        (layout.METRICS_V1_FILE, layout.METRICS_FILE),
+    )
+
+
+@handles(GetFeatureImportance)
+async def feature_importance(daemon: Daemon, request: GetFeatureImportance) -> DocumentResult:
+    return await _document(
+        daemon,
+        request.workspace,
+        request.run_id,
+        "feature_importance",
+        (layout.FEATURE_IMPORTANCE_FILE,),
+    )
+
+
+@handles(GetCoefficients)
+async def coefficients(daemon: Daemon, request: GetCoefficients) -> DocumentResult:
+    return await _document(
+        daemon,
+        request.workspace,
+        request.run_id,
+        "coefficients",
+        (layout.LINEAR_COEFFICIENTS_FILE,),
+    )
+
+
+@handles(GetInterpretability)
+async def interpretability(daemon: Daemon, request: GetInterpretability) -> DocumentResult:
+    return await _document(
+        daemon,
+        request.workspace,
+        request.run_id,
+        "interpretability",
+        (layout.INTERPRETABILITY_INDEX_FILE,),
+    )
+
+
+@handles(ExportMarkdown)
+async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
+    shown = await _document(
+        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+    )
+    workspace = Path(shown.workspace)
+    folder = paths.run_dir(workspace, shown.run_id)
+    metrics_doc = await asyncio.to_thread(_read_json, folder / layout.METRICS_V1_FILE)
+    importance = await asyncio.to_thread(_read_json, folder / layout.FEATURE_IMPORTANCE_FILE)
+    coefficients_doc = await asyncio.to_thread(_read_json, folder / layout.LINEAR_COEFFICIENTS_FILE)
+    text = render_run_markdown(shown.run, shown.document, metrics_doc, importance, coefficients_doc)
+    target = folder / RUN_SUMMARY_FILE
+    await asyncio.to_thread(write_bytes_atomic, target, text.encode("utf-8"))
+    return MarkdownResult(
+        workspace=shown.workspace,
+        run_id=shown.run_id,
+        path=f"{paths.RUNS_DIR}/{shown.run_id}/{RUN_SUMMARY_FILE}",
+        markdown=text,
+        orphans=shown.orphans,
+    )
+
+
+@handles(InspectDataset)
+async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectResult:
+    services = daemon.services
+    workspace = paths.validate_workspace(request.workspace)
+    settings = services.settings_for(workspace)
+    trusted = services.trust.require(str(workspace))
+    inspection = await spawn_inspect_dataset(
+        trusted,
+        python_path=settings.python_path,
+        runner_module=settings.ml_runner_module,
+        dataset=request.path,
+        label=request.label,
+        env=services.child_env(),
+    )
+    return InspectResult(
+        workspace=str(workspace),
+        path=request.path,
+        document=msgspec.to_builtins(inspection),
+        orphans=await services.orphans(workspace),
+    )
+
+
+@handles(InspectArtifact)
+async def inspect_artifact(daemon: Daemon, request: InspectArtifact) -> InspectResult:
+    services = daemon.services
+    workspace = paths.validate_workspace(request.workspace)
+    settings = services.settings_for(workspace)
+    trusted = services.trust.require(str(workspace))
+    inspection = await spawn_inspect_artifact(
+        trusted,
+        python_path=settings.python_path,
+        runner_module=settings.ml_runner_module,
+        artifact=request.path,
+        env=services.child_env(),
+    )
+    return InspectResult(
+        workspace=str(workspace),
+        path=request.path,
+        document=msgspec.to_builtins(inspection),
+        orphans=await services.orphans(workspace),
+    )
+
+
+@handles(Recover)
+async def recover(daemon: Daemon, request: Recover) -> RecoverResult:
+    workspace = paths.validate_workspace(request.workspace)
+    services = daemon.services
+    writer = await services.indexes.get(workspace)
+    report = await writer.recover(services.supervisor.in_flight_ids(workspace))
+    return RecoverResult(
+        workspace=str(workspace), report=report, orphans=await services.orphans(workspace)
+    )

@@ -1,0 +1,140 @@
+"""Handlers of run requests: train, cancel, active, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import msgspec
+
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    Active,
+    ActiveResult,
+    Cancel,
+    CancelResult,
+    Replay,
+    ReplayResult,
+    Train,
+    TrainResult,
+)
+from protocol.records import ResultRecord, RunState
+from runforged import paths
+from runforged.errors import RunforgeError
+from runforged.server import Daemon, handles
+from runforged.supervisor import LiveRun, read_events
+
+_result_decoder = msgspec.json.Decoder(ResultRecord)
+
+
+@handles(Train)
+async def train(daemon: Daemon, request: Train) -> TrainResult:
+    run = await daemon.services.start_run(request)
+    return TrainResult(run=daemon.services.supervisor.summary(run))
+
+
+@handles(Cancel, while_stopping=True)
+async def cancel(daemon: Daemon, request: Cancel) -> CancelResult:
+    if request.grace_s is not None and not (
+        math.isfinite(request.grace_s) and request.grace_s >= 0
+    ):
+        raise RunforgeError(
+            ErrorCode.BAD_REQUEST,
+            f"grace must be a number of seconds >= 0, got {request.grace_s!r}",
+            "pass --grace 0 to kill at once, or a positive number of seconds",
+        )
+    supervisor = daemon.services.supervisor
+    run = _run_to_cancel(daemon, request)
+    already, deadline = await supervisor.cancel(run, request.grace_s)
+    return CancelResult(
+        run=supervisor.summary(run), already_cancelling=already, deadline_in_s=deadline
+    )
+
+
+def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
+    supervisor = daemon.services.supervisor
+    workspace = paths.validate_workspace(request.workspace) if request.workspace else None
+    if request.run_id is None:
+        if workspace is None:
+            raise RunforgeError(
+                ErrorCode.BAD_REQUEST,
+                "cancel needs a run id or a workspace",
+                "runforgectl cancel RUN_ID, or run it inside the workspace",
+            )
+        live = supervisor.live_runs(workspace)
+        running = [r for r in live if r.state is not RunState.QUEUED]
+        if not running:
+            queued = [r.run_id for r in live]
+            raise RunforgeError(
+                ErrorCode.NO_ACTIVE_RUN,
+                f"no active run in {workspace}"
+                + (f" ({len(queued)} queued: name one to cancel it)" if queued else ""),
+                "list runs with 'runforgectl active'",
+                {"workspace": str(workspace), "queued": queued},
+            )
+        if len(running) > 1:
+            ids = [r.run_id for r in running]
+            raise RunforgeError(
+                ErrorCode.AMBIGUOUS_ACTIVE_RUN,
+                f"{len(ids)} runs are active in {workspace}: {', '.join(ids)}",
+                "name the run to cancel: runforgectl cancel RUN_ID",
+                {"workspace": str(workspace), "active": ids},
+            )
+        return running[0]
+    run_id = paths.validate_run_id(request.run_id)
+    run = supervisor.find_live(run_id)
+    if run is not None and (workspace is None or run.workspace == workspace):
+        return run
+    finished = supervisor.find_recent(run_id)
+    state: str | None = finished.state.value if finished is not None else None
+    if state is None and workspace is not None:
+        result_path = paths.run_dir(workspace, run_id) / "result.json"
+        try:
+            state = _result_decoder.decode(result_path.read_bytes()).state.value
+        except (OSError, msgspec.DecodeError):
+            state = "finished" if paths.run_dir(workspace, run_id).is_dir() else None
+    if state is not None:
+        raise RunforgeError(
+            ErrorCode.RUN_NOT_ACTIVE,
+            f"run {run_id} is not active: it already ended ({state})",
+            f"see it with 'runforgectl show {run_id}'",
+            {"run_id": run_id, "state": state},
+        )
+    raise RunforgeError(
+        ErrorCode.RUN_NOT_FOUND,
+        f"no run {run_id}" + (f" in {workspace}" if workspace else " is owned by this daemon"),
+        "list runs with 'runforgectl active' or 'runforgectl runs'",
+        {"run_id": run_id},
+    )
+
+
+@handles(Active, while_stopping=True)
+def active(daemon: Daemon, request: Active) -> ActiveResult:
+    supervisor = daemon.services.supervisor
+    workspace = paths.validate_workspace(request.workspace) if request.workspace else None
+    return ActiveResult(runs=[supervisor.summary(r) for r in supervisor.live_runs(workspace)])
+
+
+@handles(Replay, while_stopping=True)
+async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
+    workspace = paths.validate_workspace(request.workspace)
+    run_id = paths.validate_run_id(request.run_id)
+    limit = max(1, min(request.limit, 100_000))
+    supervisor = daemon.services.supervisor
+    live = supervisor.flush_events(run_id)
+    path = paths.run_dir(workspace, run_id) / "events.jsonl"
+    if not path.is_file():
+        if live is None:
+            raise RunforgeError(
+                ErrorCode.RUN_NOT_FOUND,
+                f"no run {run_id} in {workspace}",
+                "list runs with 'runforgectl runs'",
+                {"run_id": run_id, "workspace": str(workspace)},
+            )
+        return ReplayResult(run_id=run_id, events=[], last_run_seq=live.run_seq, terminal=False)
+    events, last = await asyncio.to_thread(read_events, path, request.since, limit)
+    if live is not None:
+        return ReplayResult(
+            run_id=run_id, events=events, last_run_seq=max(last, live.run_seq), terminal=False
+        )
+    return ReplayResult(run_id=run_id, events=events, last_run_seq=last, terminal=True)

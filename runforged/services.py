@@ -1,0 +1,291 @@
+"""The daemon's services behind the requests: settings, trust, probes, runs and indexes,
+wired together once per daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
+from protocol.records import RequestRecord
+from runforge_runner.atomicio import write_bytes_atomic
+from runforged import paths
+from runforged.errors import RunforgeError
+from runforged.index_writer import IndexWriters
+from runforged.probes import InterpreterProbes, choose_device
+from runforged.server import Daemon
+from runforged.settings import ResolvedSettings, config_dir, resolve_settings
+from runforged.supervisor import LiveRun, RunSupervisor, child_environment, utc_now
+from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
+
+log = structlog.get_logger("runforged.services")
+
+STATE_DIR_ENV = "RUNFORGE_STATE_DIR"
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_json = msgspec.json.Encoder()
+
+
+def state_dir() -> Path:
+    """``$RUNFORGE_STATE_DIR``, else ``$XDG_STATE_HOME/runforge``, else
+    ``~/.local/state/runforge``: where in-flight runs are recorded for crash recovery."""
+    explicit = os.environ.get(STATE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "runforge"
+
+
+class Services:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.config_dir = config_dir()
+        self.trust = TrustStore(trust_store_path(self.config_dir))
+        self.probes = InterpreterProbes()
+        self.runner_path_dir = daemon.endpoints.runtime_dir / "pythonpath"
+        self.indexes = IndexWriters()
+        self.supervisor = RunSupervisor(
+            publisher=daemon.publisher,
+            counters=daemon.counters,
+            indexes=self.indexes,
+            state_dir=state_dir(),
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._link_runner()
+        outcomes = await self.supervisor.reconcile()
+        if outcomes:
+            log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
+
+    async def stop(self) -> None:
+        await self.supervisor.shutdown()
+        await self.indexes.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            (self.runner_path_dir / "runforge_runner").unlink()
+        with contextlib.suppress(OSError):
+            self.runner_path_dir.rmdir()
+
+    def _link_runner(self) -> None:
+        """A directory holding only ``runforge_runner``: on a foreign interpreter's
+        PYTHONPATH it makes the runner importable without the daemon's site-packages."""
+        import runforge_runner
+
+        package = Path(runforge_runner.__file__).resolve().parent
+        self.runner_path_dir.mkdir(mode=0o700, exist_ok=True)
+        link = self.runner_path_dir / "runforge_runner"
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(package, target_is_directory=True)
+
+    def child_env(self) -> dict[str, str]:
+        return child_environment(os.environ, self.runner_path_dir)
+
+    def active_count(self) -> int:
+        return self.supervisor.active_count()
+
+    def queued_count(self) -> int:
+        return self.supervisor.queued_count()
+
+    def in_flight_ids(self) -> list[str]:
+        return sorted(self.supervisor.in_flight_ids())
+
+    # ------------------------------------------------------------------ workspaces
+
+    def settings_for(
+        self, workspace: Path, overrides: dict[str, Any] | None = None
+    ) -> ResolvedSettings:
+        return resolve_settings(
+            workspace,
+            config_directory=self.config_dir,
+            overrides=overrides,
+            default_python=sys.executable,
+        )
+
+    async def orphans(self, workspace: Path) -> list[OrphanInfo]:
+        writer = await self.indexes.get(workspace)
+        return await writer.orphans(self.supervisor.in_flight_ids(workspace))
+
+    async def workspace_status(self, workspace_arg: str) -> WorkspaceStatus:
+        workspace = paths.validate_workspace(workspace_arg)
+        status = WorkspaceStatus(
+            workspace=str(workspace), trusted=False, orphans=await self.orphans(workspace)
+        )
+        try:
+            settings = self.settings_for(workspace)
+            status.settings = msgspec.to_builtins(settings)
+            trusted = self.trust.require(str(workspace))
+        except RunforgeError as exc:
+            status.problems.append(_info(exc))
+            return status
+        status.trusted = True
+        env = self.child_env()
+        try:
+            interpreter = await self.probes.check_interpreter(
+                trusted, settings.python_path, env=env
+            )
+            status.interpreter = msgspec.to_builtins(interpreter)
+            gpu = await self.probes.probe_gpu(trusted, settings.python_path, env=env)
+            status.gpu = msgspec.to_builtins(gpu)
+            status.device = msgspec.to_builtins(
+                choose_device(settings.device, settings.preset, gpu)
+            )
+        except RunforgeError as exc:
+            status.problems.append(_info(exc))
+        return status
+
+    # ------------------------------------------------------------------ train
+
+    async def start_run(self, request: Train) -> LiveRun:
+        """Resolve, check trust, allocate the run, write request.json, queue it."""
+        if not self.supervisor.accepting:
+            raise RunforgeError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        workspace = paths.validate_workspace(request.workspace)
+        overrides = {
+            key: value
+            for key, value in (
+                ("preset", request.preset),
+                ("modelFamily", request.model),
+                ("profile", request.profile),
+                ("datasetPath", request.dataset),
+                ("device", request.device),
+                ("cancelGraceSeconds", request.grace_s),
+            )
+            if value is not None
+        }
+        settings = self.settings_for(workspace, overrides)
+        trusted = self.trust.require(str(workspace))
+        for name in request.params:
+            if not PARAM_NAME.match(name):
+                raise RunforgeError(
+                    ErrorCode.BAD_REQUEST,
+                    f"invalid parameter name {name!r}",
+                    "use --param NAME=VALUE with NAME made of letters, digits and _",
+                    {"param": name},
+                )
+        dataset = self._dataset(workspace, settings)
+        env = self.child_env()
+        await self.probes.check_interpreter(trusted, settings.python_path, env=env)
+        device = await self._device(trusted, settings, env)
+        run_id, run_dir = self._allocate_run_dir(workspace)
+        name = request.name or run_id
+        argv = [
+            settings.python_path,
+            "-u",
+            "-m",
+            settings.ml_runner_module,
+            "train",
+            f"--preset={settings.preset}",
+            f"--out={run_dir}",
+            f"--device={device}",
+            f"--model={settings.model_family}",
+            f"--profile={settings.profile}",
+            f"--name={name}",
+        ]
+        if request.seed is not None:
+            argv.append(f"--seed={request.seed}")
+        argv += [f"--param={k}={v}" for k, v in request.params.items()]
+        record = RequestRecord(
+            run_id=run_id,
+            workspace=str(workspace),
+            run_dir=f"{paths.RUNS_DIR}/{run_id}",
+            created_at=utc_now(),
+            name=name,
+            preset=settings.preset,
+            model=settings.model_family,
+            profile=settings.profile,
+            seed=request.seed,
+            params=dict(request.params),
+            device=device,
+            dataset_path=str(dataset),
+            python_path=settings.python_path,
+            runner_module=settings.ml_runner_module,
+            cancel_grace_s=settings.cancel_grace_seconds,
+            argv=argv,
+        )
+        write_bytes_atomic(run_dir / "request.json", _json.encode(record) + b"\n")
+        env["RUNFORGE_DATASET"] = str(dataset)
+        env["RUNFORGE_CANCEL_GRACE_S"] = repr(float(settings.cancel_grace_seconds))
+        env["RUNFORGE_RUN_ID"] = run_id
+        run = LiveRun(
+            run_id=run_id,
+            workspace=workspace,
+            trusted=trusted,
+            request=record,
+            argv=argv,
+            env=env,
+            grace_s=settings.cancel_grace_seconds,
+            max_concurrent=settings.max_concurrent_runs,
+            max_concurrent_global=settings.max_concurrent_runs_global,
+        )
+        self.supervisor.submit(run)
+        log.info("run_submitted", run_id=run_id, workspace=str(workspace), state=run.state.value)
+        return run
+
+    def _dataset(self, workspace: Path, settings: ResolvedSettings) -> Path:
+        if not settings.dataset_path:
+            raise RunforgeError(
+                ErrorCode.SETTINGS_INVALID,
+                "no dataset: pass --dataset CSV or set runforge.datasetPath",
+                "runforgectl train --dataset data.csv (runforgectl sample-data copies samples)",
+                {"key": "datasetPath"},
+            )
+        dataset = paths.resolve_inside(workspace, settings.dataset_path)
+        if not dataset.is_file():
+            raise RunforgeError(
+                ErrorCode.INVALID_PATH,
+                f"the dataset {dataset} does not exist or is not a file",
+                details={"path": settings.dataset_path},
+            )
+        return dataset
+
+    async def _device(
+        self, trusted: TrustedWorkspace, settings: ResolvedSettings, env: dict[str, str]
+    ) -> str:
+        if settings.device == "cpu":
+            return "cpu"
+        gpu = await self.probes.probe_gpu(trusted, settings.python_path, env=env)
+        return choose_device(settings.device, settings.preset, gpu).device
+
+    def _allocate_run_dir(self, workspace: Path) -> tuple[str, Path]:
+        runs = paths.runs_dir(workspace)
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunforgeError(
+                ErrorCode.INVALID_PATH,
+                f"cannot create {runs}: {exc.strerror}",
+                "check the workspace's permissions and free space",
+                {"path": str(runs)},
+            ) from exc
+        for _ in range(100):
+            run_id = paths.new_run_id()
+            run_dir = runs / run_id
+            try:
+                run_dir.mkdir()  # atomic: exactly one caller creates a given folder
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise RunforgeError(
+                    ErrorCode.INVALID_PATH,
+                    f"cannot create the run folder {run_dir}: {exc.strerror}",
+                    "check the workspace's permissions and free space",
+                    {"path": str(run_dir)},
+                ) from exc
+            return run_id, run_dir
+        raise RunforgeError(ErrorCode.INTERNAL_ERROR, "could not allocate a unique run id")
+
+
+def _info(exc: RunforgeError) -> ErrorInfo:
+    return ErrorInfo(
+        code=exc.code, message=exc.message, remediation=exc.remediation, details=exc.details
+    )
