@@ -179,7 +179,7 @@ class RunIndex:
         try:
             st = os.stat(self.path)
             signature: Signature | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             signature = None
         except OSError as exc:
             raise self._failure("could not be read", exc) from exc
@@ -250,7 +250,8 @@ class RunIndex:
         there is no file or it was corrupt (and has been moved aside)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # No index there (NotADirectory: its folder is a file): nothing to read or lose.
             self._file_exists = False
             return None
         except OSError as exc:
