@@ -112,9 +112,8 @@ def _print_workspace_status(ws: m.WorkspaceStatus) -> None:
         _print_settings(ws.settings)
     if ws.interpreter is not None:
         i = ws.interpreter
-        print(
-            f"\ninterpreter  {i.get('python_path')} -> {i.get('executable')} (Python {i.get('version')})"
-        )
+        version = i.get("version")
+        print(f"\ninterpreter  {i.get('python_path')} -> {i.get('executable')} (Python {version})")
     if ws.gpu is not None:
         devices = ws.gpu.get("devices") or []
         gpus = ", ".join(f"{d.get('name')} ({d.get('free_mib')} MiB free)" for d in devices)
