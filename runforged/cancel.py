@@ -76,8 +76,8 @@ _marker_decoder = msgspec.json.Decoder(CancelledMarker)
 
 
 def read_cancelled_marker(run_dir: str | os.PathLike[str]) -> CancelledMarker | None:
-    """The run's valid ``.cancelled`` marker, or None (absent, not a regular file, too
-    large, not JSON, or not valid against the schema)."""
+    """The run's valid ``.cancelled`` marker, or None (absent, not a regular file (a
+    symlink included), too large, not UTF-8 JSON, or not valid against the schema)."""
     path = Path(run_dir) / MARKER_NAME
     try:
         # O_NONBLOCK: a FIFO planted under the marker's name must not hang the daemon.
@@ -101,7 +101,7 @@ def read_cancelled_marker(run_dir: str | os.PathLike[str]) -> CancelledMarker | 
         return None
     try:
         return _marker_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
