@@ -74,49 +74,31 @@ class Trainer:
 
 
 StartTrainer = Callable[..., Trainer]
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def process_env(token: str, **extra: str) -> dict[str, str]:
+    """The environment of every process these tests start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RF_TEST_", "RUNFORGE_"))}
+    env.update(
+        {
+            "PYTHONPATH": str(TRAINERS_DIR),
+            CLEANUP_TOKEN_ENV: token,
+            SESSION_MARKER_ENV: SESSION_MARKER,
+        }
+    )
+    env.update(extra)
+    return env
 
 
 @pytest.fixture
-def start_trainer(tmp_path: Path) -> Iterator[StartTrainer]:
-    """``start_trainer(mode, stderr_pipe=False, **env)`` spawns rf_test_trainer the way the
-    daemon does: ``-u -m rf_test_trainer train --out .ml/runs/<id> ...`` in a workspace,
-    leading its own session. Everything it started is killed at teardown."""
+def spawned() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """(token, started): kills every process carrying ``token`` at teardown, reaps
+    ``started``."""
     token = uuid.uuid4().hex
-    started: list[Trainer] = []
-
-    def start(mode: str, *, stderr_pipe: bool = False, **extra_env: str) -> Trainer:
-        workspace = tmp_path / f"ws{len(started)}"
-        workspace.mkdir()
-        run_dir = workspace / ".ml" / "runs" / f"20250101-000000-run{len(started)}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RF_TEST_", "RUNFORGE_"))}
-        env.update(
-            {
-                "PYTHONPATH": str(TRAINERS_DIR),
-                "RF_TEST_MODE": mode,
-                CLEANUP_TOKEN_ENV: token,
-                SESSION_MARKER_ENV: SESSION_MARKER,
-            }
-        )
-        env.update(extra_env)
-        stderr_path = None if stderr_pipe else tmp_path / f"stderr{len(started)}.txt"
-        argv = [sys.executable, "-u", "-m", "rf_test_trainer", "train"]
-        argv += ["--out", str(run_dir.relative_to(workspace)), "--device", "cpu", "--seed", "7"]
-        with open(os.devnull, "wb") if stderr_path is None else open(stderr_path, "wb") as sink:
-            proc = subprocess.Popen(
-                argv,
-                cwd=workspace,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE if stderr_pipe else sink,
-                start_new_session=True,
-            )
-        trainer = Trainer(proc, workspace, run_dir, stderr_path)
-        started.append(trainer)
-        return trainer
-
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        yield start
+        yield token, started
     finally:
         leftovers = []
         for process in psutil.process_iter():
@@ -126,8 +108,63 @@ def start_trainer(tmp_path: Path) -> Iterator[StartTrainer]:
                     leftovers.append(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        psutil.wait_procs(leftovers, timeout=10)
-        for trainer in started:
-            trainer.proc.wait(timeout=10)
-            if trainer.proc.stderr is not None:
-                trainer.proc.stderr.close()
+        # A zombie is dead: whoever adopted it reaps it in its own time.
+        wait_for(lambda: not any(_alive(process) for process in leftovers))
+        for proc in started:
+            proc.wait(timeout=10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def spawn(spawned: tuple[str, list[subprocess.Popen[bytes]]]) -> Spawn:
+    """``spawn(argv, **popen_kwargs)``: a process that teardown is sure to kill."""
+    token, started = spawned
+
+    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=process_env(token), **kwargs)
+        started.append(proc)
+        return proc
+
+    return start
+
+
+@pytest.fixture
+def start_trainer(
+    tmp_path: Path, spawned: tuple[str, list[subprocess.Popen[bytes]]]
+) -> StartTrainer:
+    """``start_trainer(mode, stderr_pipe=False, **env)`` spawns rf_test_trainer the way the
+    daemon does: ``-u -m rf_test_trainer train --out .ml/runs/<id> ...`` in a workspace,
+    leading its own session. Everything it started is killed at teardown."""
+    token, started = spawned
+
+    def start(mode: str, *, stderr_pipe: bool = False, **extra_env: str) -> Trainer:
+        number = len(started)
+        workspace = tmp_path / f"ws{number}"
+        workspace.mkdir()
+        run_dir = workspace / ".ml" / "runs" / f"20250101-000000-run{number}"
+        argv = [sys.executable, "-u", "-m", "rf_test_trainer", "train"]
+        argv += ["--out", str(run_dir.relative_to(workspace)), "--device", "cpu", "--seed", "7"]
+        stderr_path = None if stderr_pipe else tmp_path / f"stderr{number}.txt"
+        with open(stderr_path or os.devnull, "wb") as sink:
+            proc = subprocess.Popen(
+                argv,
+                cwd=workspace,
+                env=process_env(token, RF_TEST_MODE=mode, **extra_env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if stderr_pipe else sink,
+                start_new_session=True,
+            )
+        started.append(proc)
+        return Trainer(proc, workspace, run_dir, stderr_path)
+
+    return start
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
