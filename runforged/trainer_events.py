@@ -41,7 +41,7 @@ class InvalidEventLine(Exception):
 def parse_line(line: bytes) -> dict[str, Any] | None:
     """The event in ``line``, None for a plain log line; raises InvalidEventLine."""
     stripped = line.strip()
-    if not stripped.startswith(b"{"):
+    if not stripped.startswith((b"{", b"[")):
         return None
     if len(stripped) > MAX_EVENT_LINE:
         raise InvalidEventLine(f"event line of {len(stripped)} bytes exceeds {MAX_EVENT_LINE}")
@@ -50,7 +50,7 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError as exc:
         raise InvalidEventLine(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        return None
+        raise InvalidEventLine(f"JSON {type(obj).__name__}, not an event object")
     kind = obj.get("event")
     if not isinstance(kind, str):
         raise InvalidEventLine("JSON object without a string 'event' field")

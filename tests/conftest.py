@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, kill_marked_processes, remove_tree, short_tempdir
+from tests.harness import (
+    TEMP_PREFIX,
+    DaemonProcess,
+    kill_marked_processes,
+    remove_tree,
+    short_tempdir,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +28,10 @@ def no_leaked_processes() -> Iterator[None]:
 @pytest.fixture(autouse=True, scope="session")
 def no_leaked_temp_dirs() -> Iterator[None]:
     """Every temp directory the harness creates is removed by the end of the session."""
-    tmp = Path(tempfile.gettempdir())
-    before = {p.name for p in tmp.glob("rf-*")}
+    tmp = Path("/tmp")
     yield
-    after = {p.name for p in tmp.glob("rf-*")}
-    assert after - before == set(), f"temp dirs left behind: {sorted(after - before)}"
+    left = sorted(p.name for p in tmp.glob(f"{TEMP_PREFIX}*"))
+    assert left == [], f"temp dirs left behind: {left}"
 
 
 @pytest.fixture
@@ -36,7 +40,7 @@ def daemon_factory() -> Iterator[Callable[..., DaemonProcess]]:
     made: list[DaemonProcess] = []
 
     def make(**extra_env: str) -> DaemonProcess:
-        daemon = DaemonProcess(root=short_tempdir("rf-"), extra_env=dict(extra_env))
+        daemon = DaemonProcess(root=short_tempdir(), extra_env=dict(extra_env))
         made.append(daemon)
         return daemon
 

@@ -25,9 +25,13 @@ SESSION_MARKER_ENV = "RUNFORGE_TEST_SESSION"
 SESSION_MARKER = f"{os.getpid()}-{time.time_ns()}"
 
 
-def short_tempdir(prefix: str) -> Path:
-    """A private temp dir with a short path (ipc:// socket paths are limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+TEMP_PREFIX = f"rf-{os.getpid()}-"
+
+
+def short_tempdir() -> Path:
+    """A private temp dir with a short path (ipc:// socket paths are limited to 107 bytes),
+    named after this test session so that the leak check sees only its own."""
+    return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp"))
 
 
 def base_env(runtime_dir: Path, config_dir: Path, **extra: str) -> dict[str, str]:
@@ -201,3 +205,20 @@ def kill_marked_processes() -> list[str]:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def trainer_workspace(
+    daemon: DaemonProcess, name: str = "ws", settings: dict[str, Any] | None = None
+) -> Path:
+    """A trusted workspace whose runner is the purpose-built test trainer (switched by
+    ``RF_TEST_*`` variables in the daemon's environment), with a tiny dataset."""
+    workspace = daemon.root / name
+    workspace.mkdir()
+    (workspace / "rf_test_trainer").symlink_to(TRAINERS_DIR / "rf_test_trainer")
+    (workspace / "data.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    (workspace / ".vscode").mkdir()
+    document = {"runforge.mlRunnerModule": "rf_test_trainer", "runforge.datasetPath": "data.csv"}
+    document.update(settings or {})
+    (workspace / ".vscode" / "settings.json").write_text(json.dumps(document))
+    daemon.ctl("trust", str(workspace), check=True)
+    return workspace
