@@ -401,7 +401,7 @@ class RunSupervisor:
                 exit_code=exit_code,
                 cancel_requested=run.cancel_requested,
                 artifacts_written=run.artifacts_written,
-                run_json_exists=(run.run_dir / "run.json").is_file(),
+                run_json_exists=run_json_readable(run.run_dir),
                 marker_valid=marker is not None,
                 run_cancelled=run.run_cancelled,
                 killed=killed,
@@ -583,9 +583,18 @@ class RunSupervisor:
                 record.cancel_requested = True
         seen = _events_seen(run_dir / "events.jsonl")
         marker = read_cancelled_marker(run_dir)
-        run_json = (run_dir / "run.json").is_file()
-        if seen["artifacts_written"] and run_json:
-            state, reason = RunState.COMPLETED, "finished while the daemon was down"
+        run_json = run_json_readable(run_dir)
+        if run_json:
+            # Nobody read its stderr while the daemon was down, so artifacts_written may
+            # never have been seen; run.json, which the runner writes last, is the proof.
+            state, reason = (
+                RunState.COMPLETED,
+                (
+                    "completed"
+                    if seen["artifacts_written"]
+                    else "finished while the daemon was down"
+                ),
+            )
         elif marker is not None or seen["run_cancelled"]:
             verdict = classify_terminal_state(
                 exit_code=1,
@@ -684,6 +693,14 @@ def read_events(path: Path, since: int, limit: int) -> tuple[list[Event], int]:
     return events, last
 
 
+def run_json_readable(run_dir: Path) -> bool:
+    """``run.json`` exists and is a JSON object (a torn write is not a completed run)."""
+    try:
+        return isinstance(msgspec.json.decode((run_dir / "run.json").read_bytes()), dict)
+    except (OSError, msgspec.DecodeError):
+        return False
+
+
 def _final_metrics(run_dir: Path) -> dict[str, float]:
     """Numeric top-level values of the runner's ``metrics.json``."""
     try:
@@ -701,6 +718,7 @@ def _final_metrics(run_dir: Path) -> dict[str, float]:
 
 def _events_seen(path: Path) -> dict[str, bool]:
     seen = {"artifacts_written": False, "run_cancelled": False}
+    # A cheap byte search: the file holds our own encoding of Event, type before data.
     with contextlib.suppress(OSError), open(path, "rb") as handle:
         for line in handle:
             for kind in seen:
