@@ -268,7 +268,7 @@ def main() -> None:
         _child(args.child)
         return
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    root = Path(tempfile.mkdtemp(prefix="rf-bench-recovery-", dir=args.dir))
+    root = Path(tempfile.mkdtemp(prefix="runforge-bench-recovery-", dir=args.dir))
     try:
         recovery_rows = []
         workspace = root / "recovery"

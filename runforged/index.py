@@ -227,7 +227,7 @@ class RunIndex:
             if entry.run_id not in seen:
                 seen.add(entry.run_id)
                 added.append(entry)
-        write_back = self._signature is None and (snapshot.entries or ensure_file)
+        write_back = self._signature is None and (bool(snapshot.entries) or ensure_file)
         if not added and not write_back:
             return []
         runs = list(snapshot.entries) + added

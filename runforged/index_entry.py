@@ -13,7 +13,7 @@ Where each field of an entry (index schema v1.0.0) comes from:
                                    schema's own rule: "falls back to run_id when empty")
 ``preset_id``                      ``request.json`` ``preset``
 ``summary.duration_ms``            ``result.json`` ``duration_ms`` (spawn to exit, measured
-                                   by the daemon)
+                                   by the daemon; see below when it recorded none)
 ``summary.device``                 ``result.json`` ``device``, else ``request.json``
 ``status``                         ``"failed"`` when ``result.json`` says failed or lost,
                                    else ``"succeeded"`` (``run.json`` is the runner's last
@@ -22,15 +22,17 @@ Where each field of an entry (index schema v1.0.0) comes from:
 =================================  ========================================================
 
 The daemon writes ``request.json`` before it spawns a run and ``result.json`` when the
-run ends, so every run it started has all of these. A run folder written by something
-else (an older RunForge extension) has only ``run.json``, and three required fields are
-recorded nowhere on disk for it. Those entries carry, and only those:
+run ends (when it indexes a run, it passes the outcome it is about to write), so every
+run it started has all of these. A run folder written by something else (an older
+RunForge extension) has only ``run.json``, and three required fields are recorded
+nowhere on disk for it. Those entries carry, and only those:
 
 - ``preset_id`` ``"std-train"`` and ``device`` ``"cpu"``: RunForge's standard preset and
   the device every RunForge run can use. The schema requires a value from its enum.
-- ``duration_ms``: from ``run.json`` ``created_at`` to the last modification of
-  ``run.json`` (the runner writes it last), 0 if the clock says otherwise. It is the run's
-  wall time as the file system saw it, not a measurement of the process.
+- ``duration_ms`` (also when a ``result.json`` has none): from ``run.json``
+  ``created_at`` to the last modification of ``run.json`` (the runner writes it last),
+  0 if the clocks disagree. It is the run's wall time as the file system saw it, not a
+  measurement of the process.
 """
 
 from __future__ import annotations

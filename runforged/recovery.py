@@ -30,7 +30,9 @@ from collections.abc import Container
 
 import structlog
 
+from protocol.errors import ErrorCode
 from protocol.records import (
+    IndexEntry,
     RecoveryItem,
     RecoveryReason,
     RecoveryReport,
@@ -38,6 +40,7 @@ from protocol.records import (
     RecoverySkipError,
     ResultRecord,
 )
+from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.index_entry import (
     INDEX_ORPHAN_MARKER,
@@ -61,12 +64,22 @@ log = structlog.get_logger(__name__)
 
 
 def run_folder_names(runs_dir: str) -> list[str]:
-    """Names of the folders in ``.ml/runs``, sorted (so reports are reproducible)."""
+    """Names of the run folders in ``.ml/runs``, sorted (so reports are reproducible).
+
+    Hidden entries are not runs (a run id never starts with a dot).
+    """
     try:
         with os.scandir(runs_dir) as it:
-            return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-    except FileNotFoundError:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise RunforgeError(
+            ErrorCode.INVALID_PATH,
+            f"the runs folder {runs_dir} could not be read: {exc.strerror or exc}",
+            remediation=f"make {runs_dir} a readable directory",
+            details={"path": runs_dir, "error_type": type(exc).__name__},
+        ) from exc
 
 
 def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
@@ -81,7 +94,7 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
     names = run_folder_names(runs_dir)
     already_indexed = 0
     in_flight_count = 0
-    candidates = []  # (entry, had marker)
+    candidates: list[tuple[IndexEntry, bool]] = []  # (entry, had an .index-orphan marker)
     candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
     skipped: list[RecoverySkip] = []
     cancelled: list[RecoveryItem] = []

@@ -367,3 +367,26 @@ def test_runs_completing_during_recovery_are_indexed_exactly_once(tmp_path: Path
     assert run_id_at(1001) in {r.run_id for r in report.recovered}
     assert writes == 2  # the recovery's write, then one for the completions
     assert recover(tmp_path).recovered == []
+
+
+def test_recovery_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """Other clients keep being served while recovery walks the folders."""
+    for n in range(200):
+        completed_run(tmp_path, n)
+
+    async def scenario() -> tuple[int, RecoveryReport]:
+        writer = await IndexWriter.open(tmp_path)
+        recovery = asyncio.ensure_future(writer.recover())
+        while not writer.busy:
+            await asyncio.sleep(0)
+        served = 0
+        while writer.busy:
+            served += 1
+            # Reads are answered meanwhile, from the index before or after the write.
+            assert writer.index.latest() in (None, writer.index.get(run_id_at(199)))
+            await asyncio.sleep(0)
+        return served, await recovery
+
+    served, report = asyncio.run(scenario())
+    assert served > 0
+    assert len(report.recovered) == 200
