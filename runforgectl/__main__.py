@@ -585,21 +585,13 @@ def _event_line(event: m.Event) -> str:
 
 
 def cmd_sample_data(ctx: Context) -> int:
-    """Copy the bundled sample datasets into a folder (default: the workspace)."""
-    import importlib.util
+    """Write the bundled sample datasets into a folder (default: the workspace)."""
+    # The runner's generator is standard library only: no daemon code is imported.
+    from runforge_runner.sample_data import write_samples
 
-    spec = importlib.util.find_spec("runforge_runner")
-    if spec is None or not spec.submodule_search_locations:
-        print("runforgectl: the runforge_runner package is not installed", file=sys.stderr)
-        return EXIT_DAEMON_ERROR
-    source = Path(next(iter(spec.submodule_search_locations))) / "data"
     dest = Path(ctx.args.dest or ctx.workspace()).absolute()
     dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for item in sorted(source.iterdir()):
-        if item.suffix == ".csv":
-            shutil.copyfile(item, dest / item.name)
-            written.append(str(dest / item.name))
+    written = [str(p) for p in write_samples(dest)]
     if ctx.json:
         output.print_json({"written": written})
     else:
@@ -708,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("events", cmd_events, "stream events (one per line)", [ws])
     p.add_argument("--run", help="one run: replay its events, then follow it to its end")
     p.add_argument("--since", type=int, default=0, help="with --run: start after this run_seq")
-    p = add("sample-data", cmd_sample_data, "copy the bundled sample datasets into a folder", [ws])
+    p = add("sample-data", cmd_sample_data, "write the bundled sample datasets into a folder", [ws])
     p.add_argument("dest", nargs="?", help="destination folder (default: the workspace)")
     return parser
 
