@@ -12,13 +12,15 @@ import contextlib
 import errno
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 import psutil
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+# CONFIG_PROC_CHILDREN (Linux >= 3.5, on in mainstream distributions' kernels).
+PROC_CHILDREN_FILES = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
 
 
 class ProcessIdentity(msgspec.Struct, frozen=True):
@@ -81,21 +83,19 @@ class ProcessTree:
         """Record the live descendants of the leader and of every recorded descendant still
         alive (so workers that outlived the trainer keep being followed). Returns the ones
         seen for the first time."""
-        table = _process_table()
-        children_of: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children_of.setdefault(ppid, []).append(pid)
-        pending = [
-            p.pid for p in self._recorded() if table.get(p.pid, (0, None))[1] == p.create_time
-        ]
+        live = [p for p in self._recorded() if _create_time(p.pid) == p.create_time]
+        pending = [p.pid for p in live]
         visited = set(pending)
         new: list[ProcessIdentity] = []
+        children_of = _children_reader()
         while pending:
-            for child in children_of.get(pending.pop(), []):
-                start = table[child][1]
-                if child in visited or start is None:
+            for child in children_of(pending.pop()):
+                if child in visited:
                     continue
                 visited.add(child)
+                start = _create_time(child)
+                if start is None:
+                    continue
                 pending.append(child)
                 known = self._descendants.get(child)
                 if known is None or known.create_time != start:
@@ -191,12 +191,38 @@ def _create_time(pid: int) -> float | None:
     return start
 
 
-def _process_table() -> dict[int, tuple[int, float | None]]:
-    """pid -> (ppid, create_time) for every process, read in one pass over /proc."""
-    table: dict[int, tuple[int, float | None]] = {}
-    processes: Iterable[psutil.Process] = psutil.process_iter(["ppid", "create_time"])
-    for process in processes:
-        info = process.info
-        if info["ppid"] is not None:
-            table[process.pid] = (info["ppid"], info["create_time"])
+def _children_reader() -> Callable[[int], list[int]]:
+    """How to list a process's children: from /proc/<pid>/task/<tid>/children, which costs
+    as much as the tree is large, or, on kernels built without it, from one pass over
+    every process on the machine."""
+    if PROC_CHILDREN_FILES:
+        return _children_from_proc
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parent_table().items():
+        children.setdefault(ppid, []).append(pid)
+    return lambda pid: children.get(pid, [])
+
+
+def _children_from_proc(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as listing:
+                children.extend(int(child) for child in listing.read().split())
+        except OSError:
+            continue  # the thread or the process exited meanwhile
+    return children
+
+
+def _parent_table() -> dict[int, int]:
+    """pid -> ppid for every process, in one pass over /proc."""
+    table: dict[int, int] = {}
+    for process in psutil.process_iter(["ppid"]):
+        ppid = process.info["ppid"]
+        if ppid is not None:
+            table[process.pid] = ppid
     return table

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import msgspec
 import psutil
+import pytest
 
+from runforged import proctree
 from runforged.proctree import (
     ProcessIdentity,
     ProcessTree,
@@ -63,9 +65,15 @@ def echoes(proc: subprocess.Popen[bytes]) -> bool:
     return proc.stdout.readline() == b"ping\n"
 
 
+@pytest.mark.parametrize("children_files", [True, False], ids=["proc-children", "full-scan"])
 def test_refresh_records_every_descendant_including_one_in_its_own_session(
-    start_trainer: StartTrainer,
+    start_trainer: StartTrainer, monkeypatch: pytest.MonkeyPatch, children_files: bool
 ) -> None:
+    """Both ways of listing children: /proc/<pid>/task/<tid>/children, and the one pass
+    over every process used on kernels without those files."""
+    if children_files and not proctree.PROC_CHILDREN_FILES:
+        pytest.skip("this kernel has no /proc/<pid>/task/<tid>/children")
+    monkeypatch.setattr(proctree, "PROC_CHILDREN_FILES", children_files)
     trainer = start_trainer("grandchildren", RF_TEST_GRANDCHILDREN="4")
     trainer.wait_ready()
     expected = {d["pid"] for d in trainer.tree()["descendants"]}
