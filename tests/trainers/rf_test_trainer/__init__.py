@@ -28,7 +28,8 @@ stderr's reader goes away the trainer carries on without events.
     ``complete``, slow by default. On SIGTERM: ``cancelling`` with ``seconds_remaining``
     at once and each second while it "flushes" for ``RF_TEST_FLUSH_S`` seconds, writes
     ``checkpoint.partial.json``, then the ``.cancelled`` marker atomically (step = the
-    phase the signal arrived in, ``partial_artifacts`` workspace-relative), then
+    phase the signal arrived in; ``partial_artifacts``: every artifact written so far,
+    checkpoint included, workspace-relative), then
     ``run_cancelled {graceful: true}``; exits 143.
 ``ignore_sigterm``
     ``complete``, slow by default, with SIGTERM ignored: only SIGKILL stops it.
@@ -68,11 +69,12 @@ stderr's reader goes away the trainer carries on without events.
     ``RF_TEST_EVENTS``) and its write time in ``timestamp`` (UTC, microseconds). Then
     completes like ``complete``.
 ``garbage``
-    ``complete`` with ``RF_TEST_STEPS`` >= 3 progress steps (default 3), and these seven
-    lines interleaved between valid events, in this order: a plain text line (a log
-    line, not an event); truncated JSON; a JSON object without ``event``; an unknown
-    event type; a ``train_progress`` with wrong field types; a JSON array; a 1 MiB line
-    (a ``train_progress`` carrying a 1 MiB extra field). Six invalid event lines in all.
+    ``complete``, with these seven lines written one after each valid event from
+    run_start on (the rest after the last train_progress), in this order: a plain text
+    line (a log line, not an event); truncated JSON; a JSON object without ``event``; an
+    unknown event type; a ``train_progress`` with wrong field types; a JSON array; a
+    1 MiB line (a ``train_progress`` carrying a 1 MiB extra field). Six invalid event
+    lines in all; every other line is a valid event.
 ``crash_midwrite``
     ``complete`` up to metrics_computed, then writes the first half of run.json with a
     plain (non-atomic) write, fsyncs it, and SIGKILLs itself: a torn run.json on disk, no
