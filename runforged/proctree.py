@@ -157,20 +157,12 @@ def signal_process(identity: ProcessIdentity, sig: int) -> bool:
 
 def _group_is_trainers(leader: ProcessIdentity) -> bool:
     """Whether the process group whose id is the leader's pid is still the trainer's."""
-    # Linux does not hand out a pid that is still some group's id. So while the leader's
-    # pid is free or still the leader's, a group with that id is the trainer's; once a
-    # stranger holds the pid, the trainer's group is gone. (The one gap: a stranger takes
-    # the pid, starts its own group and exits, all between two looks: pid_max spawns.)
+    # Only the process holding pid P can create group P, and Linux does not hand out a pid
+    # that is still some group's id. So while P is free or still the leader's, a group P is
+    # the trainer's; once a stranger holds P, the trainer's group is gone. (The one gap: a
+    # stranger takes P, starts its own group and exits, all between two looks.)
     holder = _create_time(leader.pid)
-    if holder is None:
-        return True
-    if holder != leader.create_time:
-        return False
-    try:
-        # A leader that does not lead its own group would make this the daemon's group.
-        return os.getpgid(leader.pid) == leader.pid
-    except ProcessLookupError:
-        return True
+    return holder is None or holder == leader.create_time
 
 
 def _check_then_kill(identity: ProcessIdentity, sig: int) -> bool:

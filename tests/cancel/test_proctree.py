@@ -211,3 +211,26 @@ def test_an_identity_survives_being_persisted_as_json(spawn: Spawn) -> None:
 def test_boot_id_is_this_boots_uuid() -> None:
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", boot_id())
     assert boot_id() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+# Runs in its own session, so that if kill_all went wrong only this sandbox would die.
+KILL_A_CHILD_THAT_SHARES_OUR_GROUP = """
+import subprocess
+from runforged.proctree import ProcessTree
+child = subprocess.Popen(["sleep", "300"])  # in our process group, leading none
+ProcessTree(child.pid).kill_all()
+print("survived", child.wait(), flush=True)
+"""
+
+
+def test_kill_all_never_reaches_the_callers_own_process_group(
+    spawn: Spawn,
+) -> None:
+    sandbox = spawn(
+        [sys.executable, "-c", KILL_A_CHILD_THAT_SHARES_OUR_GROUP],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    output, _ = sandbox.communicate(timeout=60)
+    assert output == f"survived {-signal.SIGKILL}\n".encode()
+    assert sandbox.returncode == 0
