@@ -6,8 +6,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    echo "setting up .venv (first run only; log: .venv/install.log)" >&2
+    if ! { .venv/bin/python -m pip install --upgrade pip \
+           && .venv/bin/python -m pip install -e '.[dev]'; } > .venv/install.log 2>&1; then
+        tail -n 30 .venv/install.log >&2
+        echo "installation failed; see .venv/install.log" >&2
+        exit 1
+    fi
     touch .venv/.installed
 fi
 export PATH="$PWD/.venv/bin:$PATH"
