@@ -89,11 +89,12 @@ class ProcessTree:
         new: list[ProcessIdentity] = []
         children_of = _children_reader()
         while pending:
-            for child in children_of(pending.pop()):
+            parent = pending.pop()
+            for child in children_of(parent):
                 if child in visited:
                     continue
                 visited.add(child)
-                start = _create_time(child)
+                start = _child_start_time(child, parent)
                 if start is None:
                     continue
                 pending.append(child)
@@ -178,6 +179,19 @@ def _check_then_kill(identity: ProcessIdentity, sig: int) -> bool:
 def _create_time(pid: int) -> float | None:
     try:
         start: float = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return start
+
+
+def _child_start_time(child: int, parent: int) -> float | None:
+    """The start time of ``child`` if it is still ``parent``'s child: read before the
+    parent, so that a pid reused after the listing is never taken for a descendant."""
+    try:
+        process = psutil.Process(child)
+        start: float = process.create_time()
+        if process.ppid() != parent:
+            return None
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     return start
