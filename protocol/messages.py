@@ -30,6 +30,9 @@ HARD_MAX_MESSAGE_BYTES = 16 << 20
 
 
 class RequestBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    """Fields every request carries. Unknown fields are ignored, so that a newer client's
+    additions never break an older daemon."""
+
     id: str = ""  # chosen by the client, echoed in the reply
     protocol: int = PROTOCOL_VERSION
 
@@ -55,18 +58,24 @@ class Shutdown(RequestBase, tag="shutdown"):
 
 
 class TrustPath(RequestBase, tag="trust"):
+    """Trust an existing folder (absolute path) and every folder beneath it."""
+
     path: str
 
 
 class UntrustPath(RequestBase, tag="untrust"):
+    """Withdraw trust from a folder that was trusted by that exact path."""
+
     path: str
 
 
 class ListTrusted(RequestBase, tag="list_trusted"):
-    pass
+    """The trusted folders."""
 
 
 class GetSettings(RequestBase, tag="settings"):
+    """A workspace's resolved settings and where each value came from."""
+
     workspace: str
 
 
@@ -123,21 +132,29 @@ class ShowRun(RequestBase, tag="show"):
 
 
 class GetMetrics(RequestBase, tag="metrics"):
+    """A run's ``metrics.v1.json`` (else ``metrics.json``); ``run_id`` None: the newest."""
+
     workspace: str
     run_id: str | None = None
 
 
 class GetFeatureImportance(RequestBase, tag="feature_importance"):
+    """A tree model's feature importance document; ``run_id`` None: the newest run."""
+
     workspace: str
     run_id: str | None = None
 
 
 class GetCoefficients(RequestBase, tag="coefficients"):
+    """A linear model's coefficients document; ``run_id`` None: the newest run."""
+
     workspace: str
     run_id: str | None = None
 
 
 class GetInterpretability(RequestBase, tag="interpretability"):
+    """A run's interpretability index; ``run_id`` None: the newest run."""
+
     workspace: str
     run_id: str | None = None
 
@@ -150,12 +167,17 @@ class ExportMarkdown(RequestBase, tag="export_md"):
 
 
 class InspectDataset(RequestBase, tag="inspect_dataset"):
+    """Describe a CSV inside the workspace (runs the workspace's Python: trust needed)."""
+
     workspace: str
     path: str
     label: str | None = None
 
 
 class InspectArtifact(RequestBase, tag="inspect_artifact"):
+    """Describe a model artifact inside the workspace (runs the workspace's Python: trust
+    needed)."""
+
     workspace: str
     path: str
 
@@ -198,7 +220,7 @@ REQUEST_TAGS = frozenset(t.__struct_config__.tag for t in get_args(Request))
 
 
 class ResultBase(msgspec.Struct, tag_field="type", kw_only=True):
-    pass
+    """A result is tagged by ``type`` like a request; several requests share one type."""
 
 
 class OrphanInfo(msgspec.Struct, kw_only=True):
@@ -211,6 +233,8 @@ class OrphanInfo(msgspec.Struct, kw_only=True):
 
 
 class HelloResult(ResultBase, tag="hello"):
+    """The daemon's protocol and version: the answer to ``hello`` and ``ping``."""
+
     protocol: int
     daemon_version: str
     pid: int
@@ -218,6 +242,8 @@ class HelloResult(ResultBase, tag="hello"):
 
 
 class Counters(msgspec.Struct, kw_only=True):
+    """What the daemon has handled since it started."""
+
     requests: int = 0
     errors: int = 0
     dropped_frames: int = 0  # frames that could not be answered at all
@@ -226,6 +252,8 @@ class Counters(msgspec.Struct, kw_only=True):
 
 
 class StatusResult(ResultBase, tag="status"):
+    """The daemon's state; ``workspace`` is set when the request named one."""
+
     protocol: int
     daemon_version: str
     pid: int
@@ -259,10 +287,15 @@ class WorkspaceStatus(msgspec.Struct, kw_only=True):
 
 
 class ShutdownResult(ResultBase, tag="shutdown"):
+    """The stop has begun; these runs are being cancelled gracefully first."""
+
     cancelling_runs: list[str] = []
 
 
 class TrustResult(ResultBase, tag="trust"):
+    """The answer to ``trust``, ``untrust`` and ``list_trusted``: the folder acted on ("" for
+    a listing), whether the store changed, and every trusted folder afterwards."""
+
     path: str
     changed: bool
     trusted: list[str] = []
@@ -299,10 +332,14 @@ class RunSummary(msgspec.Struct, kw_only=True):
 
 
 class TrainResult(ResultBase, tag="train"):
+    """The new run, queued or already running; follow it by its ``run_id``."""
+
     run: RunSummary
 
 
 class CancelResult(ResultBase, tag="cancel"):
+    """The cancel is under way (a queued run is already terminal: it never starts)."""
+
     run: RunSummary
     already_cancelling: bool = False
     deadline_in_s: float | None = None  # seconds from the reply to the SIGKILL deadline
@@ -321,6 +358,10 @@ class Event(msgspec.Struct, kw_only=True):
 
 
 class ReplayResult(ResultBase, tag="replay"):
+    """Persisted events of one run, oldest first. Ask again from the last ``run_seq`` while
+    it is below ``last_run_seq``; ``terminal`` means the run has ended and all its events
+    are on disk."""
+
     run_id: str
     events: list[Event]
     last_run_seq: int  # the run's highest per-run sequence number right now
@@ -328,10 +369,14 @@ class ReplayResult(ResultBase, tag="replay"):
 
 
 class ActiveResult(ResultBase, tag="active"):
+    """Queued, running and cancelling runs."""
+
     runs: list[RunSummary]
 
 
 class RunsResult(ResultBase, tag="runs"):
+    """Live runs first, then finished runs newest first; orphans listed apart."""
+
     workspace: str
     runs: list[RunSummary]
     orphans: list[OrphanInfo] = []
@@ -350,6 +395,8 @@ class DocumentResult(ResultBase, tag="document"):
 
 
 class MarkdownResult(ResultBase, tag="markdown"):
+    """The run as Markdown, also written to ``path`` (workspace-relative)."""
+
     workspace: str
     run_id: str
     path: str
@@ -358,6 +405,8 @@ class MarkdownResult(ResultBase, tag="markdown"):
 
 
 class InspectResult(ResultBase, tag="inspect"):
+    """The runner's ``inspect`` / ``inspect-artifact`` JSON output as ``document``."""
+
     workspace: str
     path: str
     document: Any
@@ -365,6 +414,8 @@ class InspectResult(ResultBase, tag="inspect"):
 
 
 class RecoverResult(ResultBase, tag="recover"):
+    """What recovery did, and the orphans that remain."""
+
     workspace: str
     report: RecoveryReport
     orphans: list[OrphanInfo] = []
@@ -389,6 +440,9 @@ Result = Union[  # noqa: UP007
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
+    """A structured error: a stable ``code`` to switch on, a ``message`` for people, the
+    ``remediation`` to show or run, and machine-readable ``details``."""
+
     code: ErrorCode
     message: str
     remediation: str = ""
@@ -396,6 +450,8 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
 
 
 class Reply(msgspec.Struct, kw_only=True):
+    """The one reply to a request: ``id`` echoed; ``result`` when ``ok``, else ``error``."""
+
     id: str
     ok: bool
     result: Result | None = None
