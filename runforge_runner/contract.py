@@ -172,7 +172,7 @@ class CancelSignal:
         return self._requested.wait(timeout)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._record(signum)
+        self.request(signum)
 
     def _watch(self, read_fd: int) -> None:
         while True:
@@ -181,9 +181,10 @@ class CancelSignal:
                 return
             for signum in delivered:
                 if signum in self.CANCEL_SIGNALS:
-                    self._record(signum)
+                    self.request(signum)
 
-    def _record(self, signum: int) -> None:
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Request a cancel as if ``signum`` had arrived (what the handlers call)."""
         # A second signal, or one during the flush, changes nothing: the first request
         # already set the deadline and the flush is under way.
         if self.requested_at is not None:
@@ -315,14 +316,20 @@ class TrainerSession:
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Atomically write ``name`` in the run folder and remember it as an artifact."""
         path = self.run_dir / name
-        write_bytes_atomic(path, data)
+        try:
+            write_bytes_atomic(path, data)
+        except OSError as error:
+            raise _write_failed(path, error) from error
         self._remember(path)
         return path
 
     def write_json(self, name: str, document: Any) -> Path:
         """Atomically write ``document`` as JSON in the run folder; remember it."""
         path = self.run_dir / name
-        write_json_atomic(path, document)
+        try:
+            write_json_atomic(path, document)
+        except OSError as error:
+            raise _write_failed(path, error) from error
         self._remember(path)
         return path
 
@@ -403,6 +410,14 @@ class TrainerSession:
         self._countdown.stop()
         self.emit("run_cancelled", step=self.cancel_step, reason=reason, graceful=True)
         return EXIT_CANCELLED
+
+
+def _write_failed(path: Path, error: OSError) -> TrainerError:
+    return TrainerError(
+        ERROR_WRITE_FAILED,
+        f"cannot write {workspace_relative(path)}: {error.strerror or error}; "
+        "check free space and permissions",
+    )
 
 
 def format_event(event: str, run_id: str | None, **fields: Any) -> str:

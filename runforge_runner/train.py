@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from runforge_runner.contract import (
+    ERROR_TRAINING_FAILED,
     STEP_ARTIFACTS,
     STEP_DATASET_LOADING,
     STEP_METRICS,
     STEP_SHUTDOWN,
     STEP_TRAINING,
+    TrainerError,
     TrainerSession,
     utc_timestamp,
     workspace_relative,
@@ -101,7 +103,14 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     work.fit = training.start_fit(plan, split)
     while work.fit.done < work.fit.total:
         session.checkpoint()
-        progress = work.fit.fit_chunk()
+        try:
+            progress = work.fit.fit_chunk()
+        except (ValueError, ArithmeticError) as error:
+            # scikit-learn's way of saying the data cannot be fitted (e.g. overflow).
+            raise TrainerError(
+                ERROR_TRAINING_FAILED,
+                f"{plan.model_family} training failed at {work.fit.done}/{work.fit.total}: {error}",
+            ) from error
         fields: dict[str, Any] = {
             "epoch": progress.done,
             "total_epochs": progress.total,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def collapse_progress(names: list[str]) -> list[str]:
     return collapsed
 
 
-def assert_completed(result: RunnerResult, run_id: str) -> dict[str, object]:
+def assert_completed(result: RunnerResult, run_id: str) -> dict[str, Any]:
     assert result.returncode == 0, result.logs + result.names()
     assert_events_valid(result.events)
     assert collapse_progress(result.names()) == SUCCESS_ORDER
