@@ -290,6 +290,7 @@ class ShutdownResult(ResultBase, tag="shutdown"):
     """The stop has begun; these runs are being cancelled gracefully first."""
 
     cancelling_runs: list[str] = []
+    pid: int = 0  # the daemon's pid, so a client can wait for the process to be gone
 
 
 class TrustResult(ResultBase, tag="trust"):

@@ -163,11 +163,11 @@ def cmd_daemon_stop(ctx: Context) -> int:
         print(
             f"cancelling {len(result.cancelling_runs)} run(s): {', '.join(result.cancelling_runs)}"
         )
-    # The daemon removes its socket files last, once everything is closed.
+    # Stopped means the process is gone (its socket files go just before it exits).
     deadline = time.monotonic() + max(ctx.args.timeout, 60)
-    while ctx.endpoints.control_path.exists() and time.monotonic() < deadline:
+    while _process_alive(result.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    stopped = not ctx.endpoints.control_path.exists()
+    stopped = not _process_alive(result.pid)
     if ctx.json:
         output.print_json({"stopped": stopped, "cancelled_runs": result.cancelling_runs})
     elif stopped:
@@ -175,6 +175,16 @@ def cmd_daemon_stop(ctx: Context) -> int:
     else:
         print("runforged did not stop in time", file=sys.stderr)
     return EXIT_OK if stopped else EXIT_UNAVAILABLE
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # The state follows the parenthesised command name, which may contain spaces.
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def cmd_daemon_install_service(ctx: Context) -> int:

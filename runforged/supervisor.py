@@ -78,6 +78,9 @@ class InflightRecord(msgspec.Struct, kw_only=True):
     started_at: str
     cancel_requested: bool = False
     cancel_grace_s: float = 5.0
+    # Every descendant seen while it ran (workers that left the process group included),
+    # so that a restarted daemon can still reach them.
+    descendants: list[ProcessIdentity] = []
 
 
 @dataclass(eq=False)
@@ -294,7 +297,9 @@ class RunSupervisor:
     async def _watch_tree(self, run: LiveRun) -> None:
         assert run.tree is not None
         while True:
-            await asyncio.to_thread(run.tree.refresh)
+            if run.tree.refresh() and run.inflight is not None:
+                run.inflight.descendants = run.tree.descendants
+                self._save_inflight(run)
             await asyncio.sleep(TREE_REFRESH_S)
 
     async def _flush_periodically(self, run: LiveRun) -> None:
@@ -565,22 +570,24 @@ class RunSupervisor:
         workspace = Path(record.workspace)
         run_dir = workspace / record.run_dir
         identity = ProcessIdentity(record.pid, record.create_time)
-        alive = record.boot_id == boot_id() and is_same_live_process(identity)
+        same_boot = record.boot_id == boot_id()
+        alive = same_boot and is_same_live_process(identity)
         killed = False
-        if alive:
-            # Its pipes died with the old daemon: it cannot be adopted robustly, so it is
-            # cancelled with its grace, and killed (with its tree) at the deadline.
-            tree = ProcessTree(record.pid)
-            if tree.leader is not None and tree.leader.create_time == record.create_time:
-                tree.refresh()
+        if same_boot:
+            # Its pipes died with the old daemon, so it cannot be adopted robustly: a live
+            # trainer is cancelled with its grace and its tree killed at the deadline;
+            # workers it left behind are killed either way.
+            tree = ProcessTree(identity, record.descendants)
+            tree.refresh()
+            if alive:
                 tree.terminate_leader()
                 deadline = time.monotonic() + record.cancel_grace_s
                 while time.monotonic() < deadline and is_same_live_process(identity):
                     tree.refresh()
                     await asyncio.sleep(0.05)
                 killed = is_same_live_process(identity)
-                tree.kill_all()
                 record.cancel_requested = True
+            tree.kill_all()
         seen = _events_seen(run_dir / "events.jsonl")
         marker = read_cancelled_marker(run_dir)
         run_json = run_json_readable(run_dir)
@@ -606,14 +613,16 @@ class RunSupervisor:
                 killed=killed,
             )
             state, reason = verdict.state, verdict.reason
+        elif alive:
+            state = RunState.CANCELLED_FORCED
+            reason = "cancelled when the daemon restarted after a crash: " + (
+                "still running at the grace deadline, process tree killed"
+                if killed
+                else "exited with no .cancelled marker or run_cancelled"
+            )
         else:
             state = RunState.LOST
-            reason = (
-                "the daemon died while the run was in flight; its trainer was still running"
-                " and was stopped on restart"
-                if alive
-                else "the daemon died while the run was in flight; the trainer is gone"
-            )
+            reason = "the daemon died while the run was in flight; the trainer is gone"
         result = ResultRecord(
             run_id=record.run_id,
             run_dir=record.run_dir,

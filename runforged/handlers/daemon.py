@@ -65,4 +65,4 @@ def shutdown(daemon: Daemon, request: Shutdown) -> ShutdownResult:
     in_flight = daemon.services.in_flight_ids() if daemon.services is not None else []
     # Answer first; the stop begins on the next loop iteration.
     asyncio.get_running_loop().call_soon(daemon.request_stop)
-    return ShutdownResult(cancelling_runs=in_flight)
+    return ShutdownResult(cancelling_runs=in_flight, pid=daemon.pid)

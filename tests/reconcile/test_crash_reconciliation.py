@@ -137,3 +137,24 @@ def test_a_reused_pid_is_never_mistaken_for_a_run(
         bystander.kill()
         bystander.wait()
     assert os.path.isdir(daemon.root)
+
+
+def test_a_stubborn_tree_left_by_a_crashed_daemon_is_killed_on_restart(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    daemon = daemon_factory(RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3").start()
+    ws = trainer_workspace(daemon, settings={"runforge.cancelGraceSeconds": 1})
+    run_id = train(daemon, ws)
+    tree_file = run_dir(ws, run_id) / "tree.json"
+    wait_for(tree_file.exists, timeout=60)
+    tree = json.loads(tree_file.read_text())
+    pids = [tree["trainer"]] + [d["pid"] for d in tree["descendants"]]
+    inflight = daemon.root / "state" / "inflight" / f"{run_id}.json"
+    wait_for(lambda: len(json.loads(inflight.read_text())["descendants"]) >= 3, timeout=30)
+    daemon.kill_hard()
+    assert all(alive(p) for p in pids)
+    daemon.start()
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=30)
+    result = json.loads((run_dir(ws, run_id) / "result.json").read_text())
+    assert result["state"] == "cancelled_forced"
+    assert "restarted" in result["reason"]
