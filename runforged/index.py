@@ -258,16 +258,25 @@ class RunIndex:
             raise self._failure("could not be read", exc) from exc
         try:
             st = os.fstat(fd)
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
+            # One buffer of the file's size: at 10^5 entries the file is tens of MB, and
+            # joining chunks would hold it twice.
+            data = bytearray(st.st_size)
+            with memoryview(data) as view:
+                filled = 0
+                while filled < st.st_size and (n := os.readv(fd, [view[filled:]])):
+                    filled += n
+            del data[filled:]
+            # A file changed in place while being read: take all of it; its signature no
+            # longer matches, so the next refresh reads it again anyway.
+            while extra := os.read(fd, 1 << 16):
+                data += extra
         except OSError as exc:
             raise self._failure("could not be read", exc) from exc
         finally:
             os.close(fd)
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         try:
-            decoded = _decoder.decode(b"".join(chunks))
+            decoded = _decoder.decode(data)
         except msgspec.DecodeError as exc:
             self._move_aside(str(exc))
             return None

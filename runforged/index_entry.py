@@ -139,9 +139,12 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_RUNS_DIR_PREFIX = RUNS_DIR.as_posix() + "/"
+
+
 def relative_run_dir(folder_name: str) -> str:
     """The workspace-relative, forward-slash path of run folder ``folder_name``."""
-    return f"{RUNS_DIR.as_posix()}/{folder_name}"
+    return _RUNS_DIR_PREFIX + folder_name
 
 
 def read_run_json(path: str) -> tuple[RunJson, int]:

@@ -107,19 +107,17 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
         if index.lists_run_dir(rel_dir):
             already_indexed += 1
             continue
-        folder = os.path.join(runs_dir, name)
+        folder = f"{runs_dir}/{name}"
         try:
             files = set(os.listdir(folder))
-            result = (
-                read_result(os.path.join(folder, RESULT_JSON)) if RESULT_JSON in files else None
-            )
+            result = read_result(f"{folder}/{RESULT_JSON}") if RESULT_JSON in files else None
             if RUN_JSON not in files:
                 if was_cancelled(files, result):
                     cancelled.append(_cancelled_item(folder, rel_dir, files, result))
                 else:
                     skipped.append(_missing_run_json(rel_dir, result))
                 continue
-            run, mtime_ns = read_run_json(os.path.join(folder, RUN_JSON))
+            run, mtime_ns = read_run_json(f"{folder}/{RUN_JSON}")
             if run.run_id in index:
                 already_indexed += 1
                 continue
@@ -135,9 +133,7 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
                     RecoverySkipError.CORRUPT_RUN_JSON,
                     f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
                 )
-            request = (
-                read_request(os.path.join(folder, REQUEST_JSON)) if REQUEST_JSON in files else None
-            )
+            request = read_request(f"{folder}/{REQUEST_JSON}") if REQUEST_JSON in files else None
             entry = entry_from_files(name, run, mtime_ns, request, result)
         except RunFolderError as exc:
             skipped.append(RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message))
