@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from protocol.errors import ErrorCode
 from protocol.messages import OrphanInfo
 from protocol.records import IndexEntry, RecoveryReport, ResultRecord
@@ -43,6 +45,8 @@ from runforged.index_entry import INDEX_ORPHAN_MARKER, RunFolderError, build_ind
 from runforged.orphans import OrphanTracker, write_index_orphan_marker
 from runforged.paths import RUNS_DIR
 from runforged.recovery import recover_index
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -219,7 +223,12 @@ class IndexWriter:
             # Only folders directly under .ml/runs: the entry's run_dir came from a caller.
             if folder is None or folder.parent != RUNS_DIR or folder.name in ("", ".", ".."):
                 continue
-            (runs_root / folder.name / INDEX_ORPHAN_MARKER).unlink(missing_ok=True)
+            marker = runs_root / folder.name / INDEX_ORPHAN_MARKER
+            try:
+                marker.unlink(missing_ok=True)
+            except OSError as exc:
+                # The run is durably indexed; a marker left behind is ignored for it.
+                log.warning("stale_orphan_marker_not_deleted", path=str(marker), error=str(exc))
             self.orphan_tracker.forget(folder.name)
         return added
 
