@@ -378,3 +378,40 @@ def test_many_stubborn_trainers_are_cancelled_in_parallel(
     for run_id in ids:
         kinds = [e["type"] for e in events_of(ws, run_id)]
         assert kinds.index("cancel_requested") < kinds.index("cancel_escalated")
+
+
+def test_the_project_runner_cancelled_while_training_is_graceful(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """The real runner on the large bundled dataset, cancelled mid-fit through the daemon:
+    its own countdown, a valid marker naming the training step, partial artifacts."""
+    daemon = make_daemon()
+    ws = daemon.root / "real"
+    ws.mkdir()
+    daemon.ctl("trust", str(ws), check=True)
+    daemon.ctl("sample-data", str(ws), check=True)
+    result = daemon.ctl_json(
+        "train", "--workspace", str(ws), "--dataset", str(ws / "demo_large.csv"), "--detach"
+    )
+    run_id = result["run"]["run_id"]
+    events_file = run_dir(ws, run_id) / "events.jsonl"
+    wait_for(
+        lambda: events_file.exists() and '"type":"train_progress"' in events_file.read_text(),
+        timeout=120,
+    )
+    cancel = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "10")
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    outcome = result_of(ws, run_id)
+    assert outcome["state"] == "cancelled_graceful", outcome
+    marker = json.loads((run_dir(ws, run_id) / ".cancelled").read_text())
+    validate("cancelled.schema.v1.0.0.json", marker)
+    assert marker["step"] == "training" and marker["run_id"] == run_id
+    assert outcome["partial_artifacts"] == marker.get("partial_artifacts", [])
+    for path in marker.get("partial_artifacts", []):
+        assert (ws / path).exists(), path
+    events = events_of(ws, run_id)
+    kinds = [e["type"] for e in events]
+    assert kinds.index("cancelling") < kinds.index("run_cancelled") < kinds.index("run_terminal")
+    remaining = [e["data"]["seconds_remaining"] for e in events if e["type"] == "cancelling"]
+    assert remaining and remaining == sorted(remaining, reverse=True)
+    assert run_id not in index_ids(ws)
