@@ -46,6 +46,7 @@ CANCEL_EXIT = {
 }
 
 SERVICE_NAME = "runforged.service"
+AUTOSTART_ENV = "RUNFORGE_AUTOSTART"
 
 
 class Context:
@@ -124,30 +125,49 @@ def _print_workspace_status(ws: m.WorkspaceStatus) -> None:
         output.error(problem, sys.stdout)
 
 
-def cmd_daemon_start(ctx: Context) -> int:
+def _running_pid(ctx: Context) -> int | None:
+    """The pid of the daemon answering on this runtime directory, if one does."""
     try:
-        reply = Client(ctx.endpoints, timeout_s=2).result(m.Ping())
-        assert isinstance(reply, m.HelloResult)
-        print(f"runforged is already running (pid {reply.pid})")
-        return EXIT_OK
+        with Client(ctx.endpoints, timeout_s=2) as probe:
+            reply = probe.result(m.Hello(client="runforgectl"))
     except (DaemonUnavailable, DaemonError):
-        pass
-    runforged = _runforged_command()
+        return None
+    return reply.pid if isinstance(reply, m.HelloResult) else None
+
+
+def _start_detached(ctx: Context) -> None:
+    """Run ``runforged --detach``, which returns once the daemon answers."""
     proc = subprocess.run(
-        [*runforged, "--runtime-dir", str(ctx.endpoints.runtime_dir), "--detach"],
+        [*_runforged_command(), "--runtime-dir", str(ctx.endpoints.runtime_dir), "--detach"],
         capture_output=True,
         text=True,
         timeout=max(ctx.args.timeout, 30),
     )
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr or proc.stdout)
-        return EXIT_UNAVAILABLE
+        raise DaemonUnavailable(
+            f"could not start runforged: {(proc.stderr or proc.stdout).strip()}"
+        )
+
+
+def cmd_daemon_start(ctx: Context) -> int:
+    pid = _running_pid(ctx)
+    if pid is not None:
+        print(f"runforged is already running (pid {pid})")
+        return EXIT_OK
+    _start_detached(ctx)
     result = ctx.call(m.Hello(client="runforgectl"))
     if ctx.json:
         output.print_json(result)
     else:
         print(f"runforged started (pid {result.pid}) on {ctx.endpoints.control}")
     return EXIT_OK
+
+
+def _ensure_daemon(ctx: Context) -> None:
+    """For interactive use (``--start``): start the daemon unless it already answers."""
+    if _running_pid(ctx) is None:
+        _start_detached(ctx)
+        print(f"runforgectl: started runforged on {ctx.endpoints.control}", file=sys.stderr)
 
 
 def cmd_daemon_stop(ctx: Context) -> int:
@@ -633,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="seconds to wait for each reply (default 10)",
     )
+    common.add_argument(
+        "--start",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"start the daemon first if it is not running (or set {AUTOSTART_ENV}=1)",
+    )
     parser = argparse.ArgumentParser(
         prog="runforgectl", description="Client of the RunForge daemon.", parents=[common]
     )
@@ -721,8 +747,11 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     args.timeout = getattr(args, "timeout", 10.0)
     args.runtime_dir = getattr(args, "runtime_dir", None)
+    autostart = getattr(args, "start", False) or os.environ.get(AUTOSTART_ENV) == "1"
     ctx = Context(args)
     try:
+        if autostart and args.fn not in (cmd_daemon_start, cmd_daemon_stop, cmd_sample_data):
+            _ensure_daemon(ctx)
         code: int = args.fn(ctx)
         return code
     except DaemonUnavailable as exc:

@@ -397,3 +397,17 @@ def test_ping_round_trip_is_answered_with_increasing_uptime(daemon: DaemonProces
     first = daemon.ctl_json("ping")["uptime_s"]
     time.sleep(0.05)
     assert daemon.ctl_json("ping")["uptime_s"] > first
+
+
+def test_start_flag_starts_the_daemon_for_interactive_use(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    daemon = daemon_factory()
+    result = daemon.ctl("--start", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "started runforged" in result.stderr
+    assert json.loads(result.stdout)["runtime_dir"] == str(daemon.runtime_dir)
+    again = daemon.ctl("--start", "ping")
+    assert again.returncode == 0 and "started" not in again.stderr
+    assert daemon.ctl("daemon", "stop").returncode == 0
+    daemon.assert_clean_runtime_dir()
