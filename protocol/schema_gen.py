@@ -270,7 +270,7 @@ def reply_examples() -> list[GoldenExample]:
                 ),
             ),
         ),
-        ("shutdown", "vscode-4", m.ShutdownResult(cancelling_runs=[CANCELLED_RUN])),
+        ("shutdown", "vscode-4", m.ShutdownResult(cancelling_runs=[CANCELLED_RUN], pid=DAEMON_PID)),
         ("trust", "vscode-5", m.TrustResult(path=WORKSPACE, changed=True, trusted=[WORKSPACE])),
         ("settings", "vscode-8", m.SettingsResult(workspace=WORKSPACE, settings=settings)),
         (
