@@ -111,18 +111,11 @@ def cancel_grace_from_env(environ: Mapping[str, str] | None = None) -> float:
 class TrainerError(Exception):
     """A failure the user should see as one line: becomes ``run_failed`` and an exit code."""
 
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        exit_code: int = EXIT_FAILURE,
-        details: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, code: str, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.exit_code = exit_code
-        self.details = details or {}
 
 
 class RunCancelled(BaseException):
@@ -265,7 +258,7 @@ class TrainerSession:
         self.cancel_step = STEP_DATASET_LOADING
         self._stream = stream
         self._emit_lock = threading.Lock()
-        self._flush: Callable[[], None] | None = None
+        self._flush: Callable[[], object] | None = None
         self._written: list[Path] = []
         self._countdown = _Countdown(self)
         self._countdown.start()
@@ -304,7 +297,7 @@ class TrainerSession:
         if self.cancel_signal.requested:
             raise RunCancelled()
 
-    def on_cancel(self, flush: Callable[[], None] | None) -> None:
+    def on_cancel(self, flush: Callable[[], object] | None) -> None:
         """Set what to save when cancelled (replaces the previous callback).
 
         The callback runs on the main thread while the countdown ticks; it should write
@@ -359,7 +352,7 @@ class TrainerSession:
 
     # The whole run ----------------------------------------------------------------
 
-    def run(self, train: Callable[[TrainerSession], None]) -> int:
+    def run(self, train: Callable[[TrainerSession], object]) -> int:
         """Run ``train(self)`` under the contract and return the process exit code.
 
         Returns ``EXIT_OK`` when ``train`` returns (even if a cancel arrived too late to
@@ -389,9 +382,7 @@ class TrainerSession:
 
     def fail(self, error: TrainerError) -> None:
         """Emit ``run_failed`` with the error's code and message (one line, actionable)."""
-        payload: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.details:
-            payload["details"] = error.details
+        payload = {"code": error.code, "message": error.message}
         self.emit("run_failed", error=payload, step=self.step)
 
     def _finish_cancelled(self) -> int:
@@ -445,9 +436,7 @@ def format_event(event: str, run_id: str | None, **fields: Any) -> str:
 
 def emit_run_failed(error: TrainerError, run_id: str | None, stream: TextIO | None = None) -> None:
     """Report a failure that happened before a :class:`TrainerSession` could exist."""
-    payload: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.details:
-        payload["details"] = error.details
+    payload = {"code": error.code, "message": error.message}
     out = stream or sys.stderr
     out.write(format_event("run_failed", run_id, error=payload, step=STEP_DATASET_LOADING))
     out.flush()
