@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 
+from protocol import events as ev
 from protocol.schema_gen import PACKAGE_DIR
 
 PROTOCOL_MD = PACKAGE_DIR / "PROTOCOL.md"
@@ -57,3 +58,12 @@ def documented_result_types() -> dict[str, str]:
             for tag in re.findall(r"`([a-z_]+)`", match.group(1)):
                 table[tag] = match.group(2)
     return table
+
+
+def daemon_event_types() -> set[str]:
+    """The event types ``protocol.events`` declares for the daemon's own events."""
+    return {
+        value
+        for name, value in vars(ev).items()
+        if name.isupper() and isinstance(value, str) and not name.endswith("_PREFIX")
+    }

@@ -13,7 +13,14 @@ from protocol import events as ev
 from protocol import messages as m
 from protocol import schema_gen
 from runforged.trainer_events import REQUIRED as RUNNER_EVENT_TYPES
-from tests.protocol.golden import KINDS, all_examples, examples, schema, validator
+from tests.protocol.golden import (
+    KINDS,
+    all_examples,
+    daemon_event_types,
+    examples,
+    schema,
+    validator,
+)
 
 DECODERS: dict[str, Any] = {
     "requests": m.request_decoder,
@@ -26,15 +33,6 @@ STALE = f"stale: regenerate with `.venv/bin/{schema_gen.REGENERATE_COMMAND}` and
 def _ids(case: tuple[str, dict[str, Any]]) -> str:
     kind, example = case
     return f"{kind}:{example['name']}"
-
-
-def daemon_event_types() -> set[str]:
-    """The event types ``protocol.events`` declares for the daemon's own events."""
-    return {
-        value
-        for name, value in vars(ev).items()
-        if name.isupper() and isinstance(value, str) and not name.endswith("_PREFIX")
-    }
 
 
 # --------------------------------------------------------------------------- current
