@@ -28,6 +28,20 @@ def test_preset_values_come_first_then_profile_then_param() -> None:
     assert resolved["max_depth"] == (None, "model_default")
 
 
+@pytest.mark.parametrize(
+    ("family", "size"),
+    [
+        ("logistic_regression", "max_iter"),
+        ("random_forest", "n_estimators"),
+        ("linear_svc", "max_iter"),
+    ],
+)
+def test_hq_preset_trains_longer_than_std(family: str, size: str) -> None:
+    std = plan_training("std-train", family, None, [], seed=None).value(size)
+    hq = plan_training("hq-train", family, None, [], seed=None).value(size)
+    assert isinstance(std, int) and isinstance(hq, int) and hq > std
+
+
 def test_typed_values_and_none_depth() -> None:
     resolved = sources(("std-train", "random_forest", None, ["max_depth=none", "max_features=0.5"]))
     assert resolved["max_depth"] == (None, "cli")

@@ -191,18 +191,6 @@ def test_run_json_records_profile_and_hyperparameters_with_their_source(
     assert sources["random_state"] == (3, "cli")
 
 
-def test_hq_preset_trains_longer_than_std(workspace: Workspace) -> None:
-    std = workspace.run(workspace.train_args("std", "--model", "linear_svc", "--profile", "fast"))
-    hq = workspace.run(
-        workspace.train_args("hq", "--model", "linear_svc", "--profile", "fast", preset="hq-train")
-    )
-    assert std.returncode == hq.returncode == 0
-    std_total = std.of("train_progress")[-1]["total_epochs"]
-    hq_total = hq.of("train_progress")[-1]["total_epochs"]
-    assert hq_total > std_total
-    assert hq.of("run_start")[0]["preset_id"] == "hq-train"
-
-
 def test_without_a_profile_run_json_omits_the_profile_fields(plain_run: RunnerResult) -> None:
     run = assert_completed(plain_run, "plain")
     assert "profile_name" not in run and "expanded_parameters_hash" not in run
