@@ -6,6 +6,7 @@ daemon uses the same helper for every metadata file it writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -30,10 +31,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o
             os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     fsync_directory(directory)
 
