@@ -464,7 +464,9 @@ class RunSupervisor:
         except Exception as exc:
             log.error("index_update_failed", run_dir=str(run_dir), error=str(exc))
             result.index_status = IndexStatus.ORPHANED
-            result.index_error = IndexErrorInfo(type=type(exc).__name__, message=str(exc))
+            # Name the underlying failure (PermissionError...), as the marker does.
+            cause = exc.__cause__ if isinstance(exc, RunforgeError) and exc.__cause__ else exc
+            result.index_error = IndexErrorInfo(type=type(cause).__name__, message=str(exc))
             try:
                 writer = await self._indexes.get(workspace)
                 await writer.mark_orphan(result.run_id, exc)
