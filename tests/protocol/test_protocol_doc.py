@@ -23,10 +23,10 @@ RESULT_TYPES = {t.__struct_config__.tag: t for t in get_args(m.Result)}
 
 
 def request_section(tag: str) -> str:
-    """The text under ``### `tag```, up to the next heading."""
+    """The text under ``#### `tag```, up to the next heading."""
     text = protocol_text()
-    match = re.search(rf"^### `{tag}`\n(.*?)(?=^#)", text, re.MULTILINE | re.DOTALL)
-    assert match, f"PROTOCOL.md has no section '### `{tag}`'"
+    match = re.search(rf"^#### `{tag}`\n(.*?)(?=^#)", text, re.MULTILINE | re.DOTALL)
+    assert match, f"PROTOCOL.md has no section '#### `{tag}`'"
     return match.group(1)
 
 
