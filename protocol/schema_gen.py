@@ -253,14 +253,14 @@ def reply_examples() -> list[GoldenExample]:
                     trusted=True,
                     settings=settings,
                     interpreter={
-                        "python_path": ".venv/bin/python",
+                        "python_path": f"{WORKSPACE}/.venv/bin/python",
                         "executable": f"{WORKSPACE}/.venv/bin/python",
                         "resolved_executable": "/usr/bin/python3.11",
                         "version": "3.11.9",
                         "implementation": "cpython",
                     },
                     gpu={
-                        "interpreter": "/usr/bin/python3.11",
+                        "interpreter": f"{WORKSPACE}/.venv/bin/python",
                         "source": "none",
                         "devices": [],
                         "notes": ["torch is not installed", "nvidia-smi was not found"],
