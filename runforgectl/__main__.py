@@ -152,7 +152,10 @@ def _start_detached(ctx: Context) -> None:
 def cmd_daemon_start(ctx: Context) -> int:
     pid = _running_pid(ctx)
     if pid is not None:
-        print(f"runforged is already running (pid {pid})")
+        if ctx.json:
+            output.print_json(ctx.call(m.Hello(client="runforgectl")))
+        else:
+            print(f"runforged is already running (pid {pid})")
         return EXIT_OK
     _start_detached(ctx)
     result = ctx.call(m.Hello(client="runforgectl"))
@@ -614,6 +617,14 @@ def _event_line(event: m.Event) -> str:
     return f"{stamp} [{event.seq}]{where} {event.type} {output._json.encode(data).decode()}"
 
 
+def cmd_bridge(ctx: Context) -> int:
+    """Speak the protocol as JSON lines on stdin/stdout (see runforgectl/bridge.py)."""
+    from runforgectl.bridge import run_bridge
+
+    ctx.call(m.Hello(client="runforgectl-bridge"))  # exit 3 at once when no daemon is there
+    return run_bridge(ctx.endpoints)
+
+
 def cmd_sample_data(ctx: Context) -> int:
     """Write the bundled sample datasets into a folder (default: the workspace)."""
     # The runner's generator is standard library only: no daemon code is imported.
@@ -736,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("events", cmd_events, "stream events (one per line)", [ws])
     p.add_argument("--run", help="one run: replay its events, then follow it to its end")
     p.add_argument("--since", type=int, default=0, help="with --run: start after this run_seq")
+    add("bridge", cmd_bridge, "JSON-lines stdio bridge to the protocol, for editor adapters")
     p = add("sample-data", cmd_sample_data, "write the bundled sample datasets into a folder", [ws])
     p.add_argument("dest", nargs="?", help="destination folder (default: the workspace)")
     return parser

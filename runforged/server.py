@@ -207,6 +207,8 @@ class Daemon:
         loop.remove_reader(self._xpub.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+            # Already stopping: a late SIGTERM must not turn a clean exit into status -15.
+            signal.signal(signum, signal.SIG_IGN)
         log.info("daemon_stopped")
 
     def request_stop(self, signum: int | None = None) -> None:

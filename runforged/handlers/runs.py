@@ -124,6 +124,9 @@ async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
     live = supervisor.flush_events(run_id)
     path = paths.run_dir(workspace, run_id) / "events.jsonl"
     if not path.is_file():
+        if live is None and paths.run_dir(workspace, run_id).is_dir():
+            # A run made without this daemon (e.g. by the RunForge extension): no events.
+            return ReplayResult(run_id=run_id, events=[], last_run_seq=0, terminal=True)
         if live is None:
             raise RunforgeError(
                 ErrorCode.RUN_NOT_FOUND,

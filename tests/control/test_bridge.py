@@ -1,0 +1,97 @@
+"""runforgectl bridge: the protocol as JSON lines over a subprocess's stdin/stdout."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import DaemonProcess
+
+
+class Bridge:
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runforgectl", "bridge"],
+            env=daemon.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, line: dict[str, Any] | str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 30) -> Any:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, "the bridge printed nothing"
+        return json.loads(self.proc.stdout.readline())
+
+    def reply(self, request_id: str) -> Any:
+        while True:
+            out = self.read()
+            if out.get("id") == request_id:
+                return out
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def bridge(daemon: DaemonProcess) -> Iterator[Bridge]:
+    b = Bridge(daemon)
+    yield b
+    if b.proc.poll() is None:
+        b.proc.kill()
+        b.proc.wait()
+
+
+def test_bridge_forwards_requests_and_answers_garbage(bridge: Bridge) -> None:
+    bridge.send({"type": "ping", "id": "a"})
+    assert bridge.reply("a")["result"]["type"] == "hello"
+    bridge.send("this is not json")
+    garbage = bridge.read()
+    assert garbage["ok"] is False and garbage["error"]["code"] == "BAD_REQUEST"
+    bridge.send({"type": "trust", "id": "b"})
+    assert bridge.reply("b")["error"]["code"] == "BAD_REQUEST"
+    bridge.send({"type": "status", "id": "c"})
+    assert bridge.reply("c")["result"]["type"] == "status"
+    assert bridge.close() == 0
+
+
+def test_bridge_streams_subscribed_events(bridge: Bridge) -> None:
+    bridge.send({"type": "subscribe", "prefix": "daemon/", "id": "s"})
+    assert bridge.reply("s") == {
+        "id": "s",
+        "ok": True,
+        "result": {"type": "subscribe", "prefix": "daemon/"},
+    }
+    for attempt in range(200):  # until the daemon has seen the subscription
+        bridge.send({"type": "status", "id": f"st{attempt}"})
+        if bridge.reply(f"st{attempt}")["result"]["subscriptions"] >= 1:
+            break
+    bridge.send({"type": "shutdown", "id": "stop"})
+    while True:
+        out = bridge.read()
+        if "event" in out:
+            break
+    assert out["event"]["type"] == "daemon_stopping"
+    assert out["topic"] == "daemon/daemon_stopping"
+    assert bridge.close() == 0
+
+
+def test_bridge_without_daemon_exits_3(daemon: DaemonProcess) -> None:
+    daemon.stop()
+    result = daemon.ctl("bridge", input="")
+    assert result.returncode == 3
