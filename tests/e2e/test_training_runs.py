@@ -36,6 +36,38 @@ def numeric_top_level(document: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def markdown_rows(markdown: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table under ``## heading``."""
+    section = markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row] for row in rows[2:]]
+
+
+def assert_summary_has_metrics_and_interpretability(
+    markdown: str, folder: Path, family: str
+) -> None:
+    """run-summary.md shows the metrics as written, and the model's own explanation:
+    every class's coefficients for a linear model, the importances for a forest."""
+    metrics = read_json(folder / "metrics.v1.json")
+    metric_rows = dict(markdown_rows(markdown, "Metrics"))
+    assert metric_rows["accuracy"] == f"{metrics['accuracy']:.4f}"
+    assert metric_rows["num_classes"] == str(metrics["num_classes"])
+    if family in LINEAR_FAMILIES:
+        document = read_json(folder / "linear_coefficients.v1.json")
+        expected = [
+            [str(group["class"]), f["name"], f"{f['coefficient']:.4f}"]
+            for group in document["coefficients_by_class"]
+            for f in group["features"]
+        ]
+        assert markdown_rows(markdown, "Coefficients") == expected
+    else:
+        document = read_json(folder / "feature_importance.v1.json")
+        expected = [
+            [f["name"], f"{f['importance']:.4f}"] for f in document["features_by_importance"]
+        ]
+        assert markdown_rows(markdown, "Feature importance") == expected
+
+
 def train_following(daemon: DaemonProcess, workspace: Path, *args: str) -> tuple[str, str]:
     """``runforgectl train`` (following to the end): (run id, its human output)."""
     result = daemon.ctl("train", "--workspace", str(workspace), *args, timeout=300)
@@ -149,7 +181,8 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     summary_md = folder / "run-summary.md"
     assert exported["path"] == f".ml/runs/{run_id}/run-summary.md"
     assert summary_md.read_text() == exported["markdown"]
-    assert run_id in exported["markdown"] and "accuracy" in exported["markdown"]
+    assert run_id in exported["markdown"]
+    assert_summary_has_metrics_and_interpretability(exported["markdown"], folder, family)
     again = daemon.ctl("export-md", "--workspace", str(sample_workspace), check=True).stdout
     assert f"wrote .ml/runs/{run_id}/run-summary.md" in again
 
