@@ -80,6 +80,8 @@ class ProgressDisplay:
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self.started: float | None = None
+        # Steps are timed from train_started: queueing and start-up are not training.
+        self.training_started: float | None = None
         self._line_open = False
         self._last_status = 0.0
 
@@ -119,6 +121,8 @@ class ProgressDisplay:
                 f"dataset: {data.get('num_samples')} rows, {data.get('num_features')} features"
                 f", label '{data.get('label_column', 'label')}'"
             )
+        elif kind == "train_started":
+            self.training_started = event.ts
         elif kind == "train_progress":
             epoch, total = int(data.get("epoch", 0)), int(data.get("total_epochs", 1) or 1)
             parts = [f"step {epoch}/{total}"]
@@ -128,7 +132,8 @@ class ProgressDisplay:
                 parts.append(f"loss {data['loss']:.4f}")
             parts.append(f"elapsed {duration(elapsed)}")
             if epoch > 0:
-                parts.append(f"ETA {duration(elapsed / epoch * max(0, total - epoch))}")
+                training = event.ts - (self.training_started or self.started)
+                parts.append(f"ETA {duration(training / epoch * max(0, total - epoch))}")
             self._status("  ".join(parts), force=epoch >= total)
         elif kind == "train_finished":
             self._say(f"training finished in {duration(elapsed)}")
