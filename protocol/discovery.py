@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,10 @@ def default_runtime_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "runforge"
+    # Imported here: tempfile (and the shutil, random and compression modules it pulls in)
+    # would cost every runforgectl start ~2 ms for a fallback most users never reach.
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"runforge-{os.getuid()}"
 
 

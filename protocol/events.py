@@ -14,8 +14,6 @@ events, or ``b""`` for everything.
 
 from __future__ import annotations
 
-import hashlib
-
 RUN_PREFIX = "run/"
 DAEMON_PREFIX = "daemon/"
 
@@ -37,6 +35,10 @@ INVALID_EVENT_LINE = "invalid_event_line"  # data: {reason, line (truncated)}
 
 def workspace_key(workspace: str) -> str:
     """A short, topic-safe key for a resolved workspace path."""
+    # Imported here: hashlib loads OpenSSL (~3 ms), a cost every runforgectl start would
+    # pay although most commands never compute a key.
+    import hashlib
+
     return hashlib.sha256(workspace.encode("utf-8")).hexdigest()[:16]
 
 
