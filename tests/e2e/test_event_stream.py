@@ -219,6 +219,6 @@ def test_status_counts_every_subscriber(
     with watchers(daemon, "--workspace", str(workspace)):
         wait_for(
             lambda: daemon.ctl_json("status")["subscriptions"] >= before + WATCHERS,
-            timeout=10,
+            timeout=5,
             interval=0.2,
         )

@@ -141,6 +141,11 @@ def test_trust_untrust_and_list_through_runforgectl(daemon: DaemonProcess) -> No
     assert inspected["document"]["num_rows"] == 150
     assert marker.exists()
 
+    # Trust held through the parent cannot be withdrawn from the subfolder alone.
+    through = error_of(daemon.ctl("untrust", str(workspace), "--json"))
+    assert through["code"] == "INVALID_PATH"
+    assert through["remediation"] == f"runforgectl untrust {parent}"
+
     # Withdrawn: refused again, nothing more is started.
     marker.unlink()
     assert daemon.ctl("untrust", str(parent), check=True).stdout.strip() == f"untrusted: {parent}"
