@@ -497,31 +497,28 @@ def _document_command(kind: type[m.RequestBase]) -> Any:
 
 
 def _print_document(kind: str, document: Any) -> None:
-    rows = _ranked_rows(document) if kind in ("feature_importance", "coefficients") else None
-    if rows:
-        output.table(["feature", "value"], rows)
-    else:
-        output.key_values(output.flatten(document))
-
-
-def _ranked_rows(document: Any) -> list[list[Any]] | None:
-    """Feature importance / coefficient documents as (feature, value) rows, largest first."""
-    if not isinstance(document, dict):
-        return None
-    for key in ("features", "importances", "feature_importances", "coefficients"):
-        items = document.get(key)
-        if isinstance(items, list) and items and isinstance(items[0], dict):
-            rows = []
-            for item in items:
-                name = item.get("name") or item.get("feature")
-                value = next(
-                    (item[k] for k in ("importance", "value", "coefficient") if k in item), None
-                )
-                if name is not None and isinstance(value, (int, float)):
-                    rows.append([name, value])
-            rows.sort(key=lambda r: -abs(r[1]))
-            return rows or None
-    return None
+    """RunForge's interpretability documents as ranked tables; anything else as key/value
+    rows."""
+    if kind == "feature_importance" and isinstance(document, dict):
+        features = document.get("features_by_importance")
+        if isinstance(features, list) and features:
+            output.table(
+                ["feature", "value"], [[f.get("name"), f.get("importance")] for f in features]
+            )
+            return
+    if kind == "coefficients" and isinstance(document, dict):
+        by_class = document.get("coefficients_by_class")
+        if isinstance(by_class, list) and by_class:
+            output.table(
+                ["class", "feature", "coefficient"],
+                [
+                    [group.get("class"), f.get("name"), f.get("coefficient")]
+                    for group in by_class
+                    for f in group.get("features", [])
+                ],
+            )
+            return
+    output.key_values(output.flatten(document))
 
 
 def cmd_export_md(ctx: Context) -> int:

@@ -147,6 +147,9 @@ class Daemon:
                 self._router.bind(self.endpoints.control)
                 self._xpub = self._ctx.socket(zmq.XPUB)
                 self._xpub.setsockopt(zmq.LINGER, 1000)
+                # Pass every (un)subscription up, duplicates included, so that status
+                # counts subscribers rather than distinct topics.
+                self._xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
                 self._xpub.setsockopt(zmq.SNDHWM, 200_000)
                 self._xpub.setsockopt(zmq.MAXMSGSIZE, 4096)
                 self._xpub.bind(self.endpoints.events)

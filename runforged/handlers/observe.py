@@ -114,24 +114,6 @@ def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) ->
     return summary
 
 
-def _entry_summary(workspace: Path, entry: IndexEntry) -> RunSummary:
-    """An index entry as a list row, without touching the disk."""
-    summary = RunSummary(
-        run_id=entry.run_id,
-        workspace=str(workspace),
-        run_dir=entry.run_dir or f"{paths.RUNS_DIR}/{entry.run_id}",
-        state=RunState.COMPLETED,
-        index_status=IndexStatus.INDEXED,
-        name=entry.name or "",
-        preset=entry.preset_id,
-        created_at=entry.created_at,
-    )
-    if entry.summary is not None:
-        summary.duration_ms = entry.summary.duration_ms
-        summary.final_metrics = dict(entry.summary.final_metrics)
-    return summary
-
-
 async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> tuple[str, Any]:
     """(run id, index entry or None): ``run_id`` None means the newest index entry."""
     writer = await daemon.services.indexes.get(workspace)
@@ -219,7 +201,12 @@ async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
     unindexed = await asyncio.to_thread(
         _unindexed_finished_runs, workspace, index, live_ids | orphan_ids
     )
-    indexed = [_entry_summary(workspace, e) for e in index.newest_first(0, request.limit)]
+    # The page shown is small (``limit``): read each run's request/result for the details
+    # the index does not hold (model, finish time, exit code).
+    page = index.newest_first(0, request.limit)
+    indexed = await asyncio.to_thread(
+        lambda: [summary_from_disk(workspace, e.run_id, e) for e in page]
+    )
     merged = sorted(unindexed + indexed, key=lambda r: r.created_at or "", reverse=True)
     return RunsResult(
         workspace=str(workspace), runs=rows + merged[: request.limit], orphans=orphans

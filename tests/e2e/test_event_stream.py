@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.e2e.conftest import (
     events_on_disk,
     json_lines,
@@ -205,12 +203,6 @@ def test_a_watcher_of_a_finished_run_replays_it_all_and_ends(
     assert f"{run_id}#3 " in lines[0] and "run_terminal" in lines[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runforged/server.py: the XPUB socket is not XPUB_VERBOSE, so a subscription to a "
-    "topic someone already subscribed to never reaches the daemon: status.subscriptions "
-    "counts distinct topics, not subscribers",
-)
 def test_status_counts_every_subscriber(
     trainer_daemon: Callable[..., tuple[DaemonProcess, Path]],
 ) -> None:

@@ -259,13 +259,6 @@ def test_sample_data_then_train_is_the_main_job(
     assert daemon.ctl_json("show", "-w", str(sample_workspace))["run_id"] == run_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runforgectl/__main__.py _ranked_rows looks for the keys features, importances, "
-    "feature_importances or coefficients; RunForge's documents use features_by_importance "
-    "(and coefficients_by_class), so the human output falls back to flattened key/value "
-    "rows instead of a feature/value table",
-)
 def test_feature_importance_is_shown_as_a_ranked_feature_table(
     daemon: DaemonProcess, sample_workspace: Path
 ) -> None:
