@@ -21,6 +21,7 @@ LIMITS = (
     "-m runforgectl ping` to see what the client imports beyond the floor."
 )
 FLOOR = "import floor"
+INTERPRETER = "interpreter start"
 
 
 def _time(argv: list[str], env: dict[str, str]) -> float:
@@ -41,6 +42,7 @@ def run(quick: bool) -> list[Figure]:
         circus.start()
         plain = {k: v for k, v in os.environ.items() if not k.startswith("RUNFORGE_")}
         commands = {
+            INTERPRETER: ([sys.executable, "-c", "pass"], plain),
             FLOOR: ([sys.executable, "-c", "import zmq, msgspec"], plain),
             "runforgectl ping": (ours.ctl("ping"), ours.env),
             "runforgectl status": (ours.ctl("status"), ours.env),
@@ -83,5 +85,13 @@ def run(quick: bool) -> list[Figure]:
             rows=rows,
             details={name: summary(samples) for name, samples in times.items()},
             limits=LIMITS,
+            notes=[
+                f"Interpreter start alone (`python -c pass`): {ms(INTERPRETER):.1f} ms; the "
+                f"import floor: {ms(FLOOR):.1f} ms. The floor is "
+                f"{paired_ratio(times[FLOOR], times['supervisorctl status']):.2f}× "
+                "`supervisorctl status` and "
+                f"{paired_ratio(times[FLOOR], times['circusctl status']):.2f}× "
+                "`circusctl status`: the bound on any client that imports pyzmq and msgspec.",
+            ],
         )
     ]

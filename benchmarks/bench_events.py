@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks.processes import wait_until
 from benchmarks.results import Figure, Row
 from benchmarks.runforged_process import RunforgedProcess
@@ -27,8 +29,7 @@ LIMITS = (
     "and check the event, stamp it, append it to events.jsonl, MessagePack-encode it and "
     "hand it to ZeroMQ (which copies it to each subscriber in its I/O thread). The trainer, "
     "the daemon and the four subscribers (one Python process here) share two cores, so "
-    "the relay rate is bounded by the CPU left to the daemon. The 'peer' column is the "
-    "trainer's own write rate in the same run: the source's ceiling."
+    "the relay rate is bounded by the CPU left to the daemon."
 )
 
 
@@ -68,15 +69,24 @@ def _flood(events: int, rate: int | None) -> dict[str, Any]:
                 return status.subscriptions >= SUBSCRIBERS + 1
 
             wait_until(all_subscribed, 60, "the subscribers", interval_s=0.01)
+            daemon = psutil.Process(ours.pid)
+            cpu_before = sum(daemon.cpu_times()[:2])
             run_id = ours.train(workspace)
             out, _ = subscribers.communicate(timeout=600)
+            daemon_cpu_s = sum(daemon.cpu_times()[:2]) - cpu_before
         finally:
             if subscribers.poll() is None:
                 subscribers.kill()
                 subscribers.wait()
         seen: list[dict[str, Any]] = json.loads(out)
         written = _write_span(workspace / ".ml" / "runs" / run_id / "events.jsonl")
-    return {"events": events, "rate": rate, "written": written, "subscribers": seen}
+    return {
+        "events": events,
+        "rate": rate,
+        "written": written,
+        "subscribers": seen,
+        "daemon_cpu_us_per_event": daemon_cpu_s / events * 1e6,
+    }
 
 
 def _write_span(events_file: Path) -> dict[str, float]:
@@ -107,11 +117,10 @@ def run(quick: bool) -> list[Figure]:
     fixed = _flood(fixed_events, FIXED_RATE)
     fastest_gaps = sum(s["gaps"] for s in fastest["subscribers"])
     fixed_gaps = sum(s["gaps"] for s in fixed["subscribers"])
-    written = fastest["written"]
-    trainer_rate = (written["count"] - 1) / (written["last"] - written["first"])
     best_rate = _delivered_rate(fastest) if fastest_gaps == 0 else 0.0
     if fixed_gaps == 0:
         best_rate = max(best_rate, _delivered_rate(fixed))
+    cpu_us = fastest["daemon_cpu_us_per_event"]
     p50_ms = max(s["latency_p50_s"] for s in fixed["subscribers"]) * 1000
     p99_ms = max(s["latency_p99_s"] for s in fixed["subscribers"]) * 1000
     return [
@@ -123,9 +132,15 @@ def run(quick: bool) -> list[Figure]:
                     measure=f"highest rate with zero gaps ({SUBSCRIBERS} subscribers)",
                     ours=best_rate,
                     unit="events/s",
-                    peers={"trainer write rate": trainer_rate},
                     goal="≥ 50,000 events/s",
                     met=best_rate >= 50_000,
+                ),
+                Row(
+                    measure="daemon CPU per relayed event (as fast as possible)",
+                    ours=cpu_us,
+                    unit="µs",
+                    goal="(context)",
+                    met=None,
                 ),
                 Row(
                     measure=f"trainer write → subscriber, p50 at {FIXED_RATE:,}/s",
@@ -148,5 +163,11 @@ def run(quick: bool) -> list[Figure]:
                 "gaps": {"as_fast_as_possible": fastest_gaps, "fixed": fixed_gaps},
             },
             limits=LIMITS,
+            notes=[
+                f"The daemon spent {cpu_us:.1f} µs of CPU per relayed event, all threads "
+                f"included: {1e6 / cpu_us:,.0f} events/s if it had one core to itself.",
+                f"Gaps: {fastest_gaps} as fast as possible, {fixed_gaps} at "
+                f"{FIXED_RATE:,}/s, over {SUBSCRIBERS} subscribers.",
+            ],
         )
     ]
