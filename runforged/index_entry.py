@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Container
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -106,16 +107,39 @@ class RunFolderError(Exception):
         self.message = message
 
 
-def read_file(path: str) -> bytes:
-    """The whole file, with the fewest system calls (recovery reads 10^5 small files)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+# Larger than any file of a run folder but a pathological one: one read takes it whole.
+_READ_SIZE = 1 << 16
+
+
+def read_file(path: str, *, dir_fd: int | None = None) -> bytes:
+    """The whole file, with the fewest system calls (recovery reads 10^5 small files):
+    open, one read, close. ``path`` is relative to ``dir_fd`` when that is given."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_to_end(fd)
     finally:
         os.close(fd)
+
+
+def read_file_with_mtime(path: str, *, dir_fd: int | None = None) -> tuple[bytes, int]:
+    """Like ``read_file``, with the file's modification time (ns) as of the read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        mtime_ns = os.fstat(fd).st_mtime_ns
+        return _read_to_end(fd), mtime_ns
+    finally:
+        os.close(fd)
+
+
+def _read_to_end(fd: int) -> bytes:
+    data = os.read(fd, _READ_SIZE)
+    if len(data) < _READ_SIZE:
+        # A regular file reads short only at its end: no second read to see b"".
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, _READ_SIZE):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_timestamp(value: str) -> datetime | None:
@@ -147,25 +171,20 @@ def relative_run_dir(folder_name: str) -> str:
     return _RUNS_DIR_PREFIX + folder_name
 
 
-def read_run_json(path: str) -> tuple[RunJson, int]:
+def read_run_json(path: str, *, dir_fd: int | None = None) -> tuple[RunJson, int]:
     """``run.json`` at ``path`` and its modification time (ns); raises RunFolderError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            mtime_ns = os.fstat(fd).st_mtime_ns
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-    except FileNotFoundError as exc:
-        raise RunFolderError(RecoverySkipError.MISSING_RUN_JSON, "run.json not found") from exc
+        data, mtime_ns = read_file_with_mtime(path, dir_fd=dir_fd)
     except OSError as exc:
-        raise RunFolderError(
-            RecoverySkipError.READ_ERROR, f"run.json could not be read: {exc.strerror}"
-        ) from exc
+        raise file_error(RUN_JSON, exc) from exc
+    return decode_run_json(data), mtime_ns
+
+
+def decode_run_json(data: bytes) -> RunJson:
+    """The content of a ``run.json``; raises RunFolderError (CORRUPT_RUN_JSON) when it
+    cannot make an index entry."""
     try:
-        run = _run_json_decoder.decode(b"".join(chunks))
+        run = _run_json_decoder.decode(data)
     except msgspec.DecodeError as exc:
         # ValidationError is a DecodeError: both mean the runner's file is not usable.
         raise RunFolderError(
@@ -183,30 +202,56 @@ def read_run_json(path: str) -> tuple[RunJson, int]:
             RecoverySkipError.CORRUPT_RUN_JSON,
             "run.json dataset.fingerprint_sha256 is not 64 lowercase hex digits",
         )
-    return run, mtime_ns
+    return run
 
 
-def read_request(path: str) -> RequestRecord:
+def read_request(path: str, *, dir_fd: int | None = None) -> RequestRecord:
     """``request.json`` at ``path``; raises RunFolderError (READ_ERROR) if unusable."""
     try:
-        return _request_decoder.decode(read_file(path))
-    except (OSError, msgspec.DecodeError) as exc:
+        data = read_file(path, dir_fd=dir_fd)
+    except OSError as exc:
+        raise file_error(REQUEST_JSON, exc) from exc
+    return decode_request(data)
+
+
+def decode_request(data: bytes) -> RequestRecord:
+    """The content of a ``request.json``; raises RunFolderError (READ_ERROR) if unusable."""
+    try:
+        return _request_decoder.decode(data)
+    except msgspec.DecodeError as exc:
         raise RunFolderError(
-            RecoverySkipError.READ_ERROR, f"request.json could not be read: {_reason(exc)}"
+            RecoverySkipError.READ_ERROR, f"request.json could not be read: {exc}"
         ) from exc
 
 
-def read_result(path: str) -> ResultRecord:
+def read_result(path: str, *, dir_fd: int | None = None) -> ResultRecord:
     """``result.json`` at ``path``; raises RunFolderError (READ_ERROR) if unusable."""
     try:
-        return _result_decoder.decode(read_file(path))
-    except (OSError, msgspec.DecodeError) as exc:
+        data = read_file(path, dir_fd=dir_fd)
+    except OSError as exc:
+        raise file_error(RESULT_JSON, exc) from exc
+    return decode_result(data)
+
+
+def decode_result(data: bytes) -> ResultRecord:
+    """The content of a ``result.json``; raises RunFolderError (READ_ERROR) if unusable."""
+    try:
+        return _result_decoder.decode(data)
+    except msgspec.DecodeError as exc:
         raise RunFolderError(
-            RecoverySkipError.READ_ERROR, f"result.json could not be read: {_reason(exc)}"
+            RecoverySkipError.READ_ERROR, f"result.json could not be read: {exc}"
         ) from exc
 
 
-def cancelled_run_id(folder: str, files: set[str], result: ResultRecord | None) -> str:
+def file_error(file_name: str, exc: OSError) -> RunFolderError:
+    """Why a run folder cannot make an entry when its file ``file_name`` failed to read."""
+    if file_name == RUN_JSON and isinstance(exc, FileNotFoundError):
+        return RunFolderError(RecoverySkipError.MISSING_RUN_JSON, "run.json not found")
+    reason = exc.strerror or type(exc).__name__
+    return RunFolderError(RecoverySkipError.READ_ERROR, f"{file_name} could not be read: {reason}")
+
+
+def cancelled_run_id(folder: str, files: Container[str], result: ResultRecord | None) -> str:
     """The run id a cancelled run's files give: its ``.cancelled`` marker, its
     ``result.json``, and only failing both the folder name."""
     if CANCELLED_MARKER in files:
@@ -222,7 +267,7 @@ def cancelled_run_id(folder: str, files: set[str], result: ResultRecord | None) 
     return os.path.basename(folder)
 
 
-def was_cancelled(files: set[str], result: ResultRecord | None) -> bool:
+def was_cancelled(files: Container[str], result: ResultRecord | None) -> bool:
     """Whether a run folder holds a cancelled run.
 
     The daemon's verdict in ``result.json`` wins (it also covers forced cancels, which
@@ -302,9 +347,3 @@ def build_index_entry(
     if result is None and RESULT_JSON in files:
         result = read_result(str(folder / RESULT_JSON))
     return entry_from_files(folder.name, run, mtime_ns, request, result)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc)

@@ -14,19 +14,26 @@
   ``READ_ERROR`` and a message.
 
 The new entries are appended in one index write, oldest first; after that write, and
-only then, the ``.index-orphan`` marker of each run it indexed is deleted. Nothing else
-on disk is modified. A second call finds everything indexed and writes nothing.
+only then, the ``.index-orphan`` marker of each run it indexed is deleted (whether there
+was one to delete is what tells ``index_orphan_marker`` from ``pre_existing_orphan``).
+Nothing else on disk is modified. A second call finds everything indexed and writes
+nothing.
 
-Cost is linear in the number of folders: one directory listing for ``.ml/runs``, one
-per folder not already indexed, and one read per file an entry needs. Blocking: the
-daemon runs it in a worker thread through ``IndexWriter``, which serialises it with
-every other index write.
+Cost is linear in the number of folders, and per folder as small as the file system
+allows, since recovery may face 10^5 of them: one listing of ``.ml/runs``, kept open so
+files are opened relative to it; a folder not already indexed is first read as the
+complete run the daemon leaves (open, read, close ``result.json``, ``run.json`` and
+``request.json``, no listing). Only a folder that is not that (a file missing or
+unreadable, a question about another file) is listed and classified again from its
+listing. Blocking: the daemon runs it in a worker thread through ``IndexWriter``, which
+serialises it with every other index write.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Container
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -49,10 +56,13 @@ from runforged.index_entry import (
     RUN_JSON,
     RunFolderError,
     cancelled_run_id,
+    decode_request,
+    decode_result,
+    decode_run_json,
     entry_from_files,
-    read_request,
-    read_result,
-    read_run_json,
+    file_error,
+    read_file,
+    read_file_with_mtime,
     relative_run_dir,
     sort_timestamp,
     utc_now_iso,
@@ -61,6 +71,9 @@ from runforged.index_entry import (
 from runforged.paths import RUNS_DIR
 
 log = structlog.get_logger(__name__)
+
+# The files of every run the daemon started and saw complete.
+_COMPLETE_RUN_FILES = frozenset({RUN_JSON, REQUEST_JSON, RESULT_JSON})
 
 
 def run_folder_names(runs_dir: str) -> list[str]:
@@ -74,12 +87,7 @@ def run_folder_names(runs_dir: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
-        raise RunforgeError(
-            ErrorCode.INVALID_PATH,
-            f"the runs folder {runs_dir} could not be read: {exc.strerror or exc}",
-            remediation=f"make {runs_dir} a readable directory",
-            details={"path": runs_dir, "error_type": type(exc).__name__},
-        ) from exc
+        raise _unreadable_runs_folder(runs_dir, exc) from exc
 
 
 def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
@@ -91,92 +99,35 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
     """
     index.refresh()
     runs_dir = str(index.workspace / RUNS_DIR)
-    names = run_folder_names(runs_dir)
-    already_indexed = 0
-    in_flight_count = 0
-    candidates: list[tuple[IndexEntry, bool]] = []  # (entry, had an .index-orphan marker)
-    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
-    skipped: list[RecoverySkip] = []
-    cancelled: list[RecoveryItem] = []
-
-    for name in names:
-        if name in in_flight:
-            in_flight_count += 1
-            continue
-        rel_dir = relative_run_dir(name)
-        if index.lists_run_dir(rel_dir):
-            already_indexed += 1
-            continue
-        folder = f"{runs_dir}/{name}"
-        try:
-            files = set(os.listdir(folder))
-            result = read_result(f"{folder}/{RESULT_JSON}") if RESULT_JSON in files else None
-            if RUN_JSON not in files:
-                if was_cancelled(files, result):
-                    cancelled.append(_cancelled_item(folder, rel_dir, files, result))
-                else:
-                    skipped.append(_missing_run_json(rel_dir, result))
-                continue
-            run, mtime_ns = read_run_json(f"{folder}/{RUN_JSON}")
-            if run.run_id in index:
-                already_indexed += 1
-                continue
-            if was_cancelled(files, result):
-                cancelled.append(
-                    RecoveryItem(
-                        run_id=run.run_id, run_dir=rel_dir, reason=RecoveryReason.CANCELLED
-                    )
-                )
-                continue
-            if run.run_id in candidate_ids:
-                raise RunFolderError(
-                    RecoverySkipError.CORRUPT_RUN_JSON,
-                    f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
-                )
-            request = read_request(f"{folder}/{REQUEST_JSON}") if REQUEST_JSON in files else None
-            entry = entry_from_files(name, run, mtime_ns, request, result)
-        except RunFolderError as exc:
-            skipped.append(RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message))
-            continue
-        except OSError as exc:
-            skipped.append(
-                RecoverySkip(
-                    run_dir=rel_dir,
-                    error=RecoverySkipError.READ_ERROR,
-                    message=f"run folder could not be read: {exc.strerror or exc}",
-                )
-            )
-            continue
-        candidate_ids[run.run_id] = rel_dir
-        candidates.append((entry, INDEX_ORPHAN_MARKER in files))
-
+    scan = _scan(index, in_flight, runs_dir)
+    candidates = scan.candidates
     # Oldest first, so the index stays "newest last" as far as recovery can make it.
-    candidates.sort(key=lambda c: (sort_timestamp(c[0].created_at), c[0].run_dir or ""))
+    candidates.sort(key=lambda c: (sort_timestamp(c[0].created_at), c[1]))
     file_existed = index.file_exists
     added = index.commit([entry for entry, _ in candidates], ensure_file=True)
     added_ids = {id(entry) for entry in added}
+    already_indexed = scan.already_indexed
     recovered: list[RecoveryItem] = []
-    for entry, had_marker in candidates:
+    for entry, folder_name in candidates:
         if id(entry) not in added_ids:
             # Someone else indexed it between our scan and our write (merged in commit).
             already_indexed += 1
             continue
+        had_marker = _delete_stale_marker(runs_dir, folder_name)
         reason = (
             RecoveryReason.INDEX_ORPHAN_MARKER if had_marker else RecoveryReason.PRE_EXISTING_ORPHAN
         )
         assert entry.run_dir is not None  # entries built from a folder always have one
         recovered.append(RecoveryItem(run_id=entry.run_id, run_dir=entry.run_dir, reason=reason))
-        if had_marker:
-            _delete_stale_marker(index, entry.run_dir)
 
     report = RecoveryReport(
-        scanned_run_dirs=len(names),
+        scanned_run_dirs=scan.scanned,
         already_indexed=already_indexed,
         recovered=recovered,
-        skipped=skipped,
-        cancelled_excluded=cancelled,
+        skipped=scan.skipped,
+        cancelled_excluded=scan.cancelled,
         recovered_at=utc_now_iso(),
-        in_flight=in_flight_count,
+        in_flight=scan.in_flight,
         corrupt_index_kept_as=index.take_corrupt_kept_as(),
         index_created=not file_existed and index.file_exists,
     )
@@ -186,22 +137,162 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
         scanned_run_dirs=report.scanned_run_dirs,
         already_indexed=report.already_indexed,
         recovered=len(recovered),
-        skipped=len(skipped),
-        cancelled_excluded=len(cancelled),
-        in_flight=in_flight_count,
+        skipped=len(report.skipped),
+        cancelled_excluded=len(report.cancelled_excluded),
+        in_flight=report.in_flight,
         corrupt_index_kept_as=report.corrupt_index_kept_as,
     )
     return report
 
 
-def _cancelled_item(
-    folder: str, rel_dir: str, files: set[str], result: ResultRecord | None
-) -> RecoveryItem:
-    return RecoveryItem(
-        run_id=cancelled_run_id(folder, files, result),
-        run_dir=rel_dir,
-        reason=RecoveryReason.CANCELLED,
-    )
+@dataclass
+class _Scan:
+    """What the walk of ``.ml/runs`` found, before anything is written."""
+
+    scanned: int = 0
+    already_indexed: int = 0
+    in_flight: int = 0
+    candidates: list[tuple[IndexEntry, str]] = field(default_factory=list)  # (entry, folder)
+    skipped: list[RecoverySkip] = field(default_factory=list)
+    cancelled: list[RecoveryItem] = field(default_factory=list)
+
+
+def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str) -> _Scan:
+    scan = _Scan()
+    try:
+        runs_fd = os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return scan
+    except OSError as exc:
+        raise _unreadable_runs_folder(runs_dir, exc) from exc
+    try:
+        try:
+            with os.scandir(runs_fd) as it:
+                names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+        except OSError as exc:
+            raise _unreadable_runs_folder(runs_dir, exc) from exc
+        scan.scanned = len(names)
+        candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
+        for name in names:
+            if name in in_flight:
+                scan.in_flight += 1
+                continue
+            rel_dir = relative_run_dir(name)
+            if index.lists_run_dir(rel_dir):
+                scan.already_indexed += 1
+                continue
+            outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
+            if outcome is None:
+                scan.already_indexed += 1
+            elif isinstance(outcome, IndexEntry):
+                candidate_ids[outcome.run_id] = rel_dir
+                scan.candidates.append((outcome, name))
+            elif isinstance(outcome, RecoverySkip):
+                scan.skipped.append(outcome)
+            else:
+                scan.cancelled.append(outcome)
+    finally:
+        os.close(runs_fd)
+    return scan
+
+
+# A run folder is, for recovery: already indexed (None), recoverable, skipped or cancelled.
+_Outcome = IndexEntry | RecoverySkip | RecoveryItem | None
+
+
+class _ListingNeeded(Exception):
+    """The folder is not a complete run as the daemon leaves it: classify it from a listing."""
+
+
+class _RunFolder:
+    """A folder of ``.ml/runs`` as the classification sees it: ``in`` says which files it
+    holds, ``read`` reads one (relative to the open runs folder: fewer path lookups).
+
+    Without a ``listing`` the folder is taken for a complete run (``_COMPLETE_RUN_FILES``),
+    and whatever does not fit raises ``_ListingNeeded``. With one, a file that cannot be
+    read raises the RunFolderError that says so.
+    """
+
+    __slots__ = ("listing", "name", "path", "runs_fd")
+
+    def __init__(self, runs_fd: int, runs_dir: str, name: str, listing: set[str] | None) -> None:
+        self.runs_fd = runs_fd
+        self.path = f"{runs_dir}/{name}"
+        self.name = name
+        self.listing = listing
+
+    def __contains__(self, file: object) -> bool:
+        if self.listing is not None:
+            return file in self.listing
+        if file in _COMPLETE_RUN_FILES:
+            return True
+        raise _ListingNeeded
+
+    def read(self, file: str) -> bytes:
+        try:
+            return read_file(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def read_with_mtime(self, file: str) -> tuple[bytes, int]:
+        try:
+            return read_file_with_mtime(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def _unreadable(self, file: str, exc: OSError) -> Exception:
+        return _ListingNeeded() if self.listing is None else file_error(file, exc)
+
+
+def _classify_folder(
+    runs_fd: int, runs_dir: str, name: str, index: RunIndex, candidate_ids: dict[str, str]
+) -> _Outcome:
+    try:
+        return _classify(_RunFolder(runs_fd, runs_dir, name, None), index, candidate_ids)
+    except _ListingNeeded:
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=runs_fd)
+        try:
+            listing = set(os.listdir(fd))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return RecoverySkip(
+            run_dir=relative_run_dir(name),
+            error=RecoverySkipError.READ_ERROR,
+            message=f"run folder could not be read: {exc.strerror or exc}",
+        )
+    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), index, candidate_ids)
+
+
+def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
+    rel_dir = relative_run_dir(folder.name)
+    try:
+        result = decode_result(folder.read(RESULT_JSON)) if RESULT_JSON in folder else None
+        if RUN_JSON not in folder:
+            if was_cancelled(folder, result):
+                return RecoveryItem(
+                    run_id=cancelled_run_id(folder.path, folder, result),
+                    run_dir=rel_dir,
+                    reason=RecoveryReason.CANCELLED,
+                )
+            return _missing_run_json(rel_dir, result)
+        data, mtime_ns = folder.read_with_mtime(RUN_JSON)
+        run = decode_run_json(data)
+        if run.run_id in index:
+            return None
+        if was_cancelled(folder, result):
+            return RecoveryItem(run_id=run.run_id, run_dir=rel_dir, reason=RecoveryReason.CANCELLED)
+        if run.run_id in candidate_ids:
+            raise RunFolderError(
+                RecoverySkipError.CORRUPT_RUN_JSON,
+                f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
+            )
+        request = decode_request(folder.read(REQUEST_JSON)) if REQUEST_JSON in folder else None
+    except RunFolderError as exc:
+        return RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
+    return entry_from_files(folder.name, run, mtime_ns, request, result)
 
 
 def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip:
@@ -212,13 +303,28 @@ def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip
     return RecoverySkip(run_dir=rel_dir, error=RecoverySkipError.MISSING_RUN_JSON, message=message)
 
 
-def _delete_stale_marker(index: RunIndex, rel_dir: str) -> None:
-    """The run is indexed now, so its ``.index-orphan`` marker no longer tells the truth."""
-    marker = index.workspace / rel_dir / INDEX_ORPHAN_MARKER
+def _delete_stale_marker(runs_dir: str, folder_name: str) -> bool:
+    """Delete the ``.index-orphan`` marker of a run just indexed (it no longer tells the
+    truth); returns whether there was one. One system call in the common case, no marker:
+    cheaper than asking first."""
+    marker = f"{runs_dir}/{folder_name}/{INDEX_ORPHAN_MARKER}"
     try:
         os.unlink(marker)
     except FileNotFoundError:
-        pass
+        return False
     except OSError as exc:
+        # A read-only file system refuses even when there is nothing to delete.
+        if not os.path.lexists(marker):
+            return False
         # The run is indexed either way; a marker left behind is ignored for indexed runs.
-        log.warning("stale_orphan_marker_not_deleted", path=str(marker), error=str(exc))
+        log.warning("stale_orphan_marker_not_deleted", path=marker, error=str(exc))
+    return True
+
+
+def _unreadable_runs_folder(runs_dir: str, exc: OSError) -> RunforgeError:
+    return RunforgeError(
+        ErrorCode.INVALID_PATH,
+        f"the runs folder {runs_dir} could not be read: {exc.strerror or exc}",
+        remediation=f"make {runs_dir} a readable directory",
+        details={"path": runs_dir, "error_type": type(exc).__name__},
+    )
