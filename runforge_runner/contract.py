@@ -41,6 +41,7 @@ ERROR_INVALID_ARTIFACT = "INVALID_ARTIFACT"  # inspect-artifact: not a loadable 
 ERROR_TRAINING_FAILED = "TRAINING_FAILED"
 ERROR_WRITE_FAILED = "WRITE_FAILED"
 ERROR_INTERNAL = "INTERNAL_ERROR"
+ERROR_MISSING_DEPENDENCY = "MISSING_DEPENDENCY"  # the interpreter lacks numpy/scikit-learn
 
 GRACE_ENV = "RUNFORGE_CANCEL_GRACE_S"
 DEFAULT_CANCEL_GRACE_S = 5.0
@@ -375,7 +376,17 @@ class TrainerSession:
             if self.cancel_requested:
                 return self._finish_cancelled()
             self._countdown.stop()
-            self.fail(TrainerError(ERROR_INTERNAL, f"{type(error).__name__}: {error}"))
+            if isinstance(error, ModuleNotFoundError) and error.name:
+                self.fail(
+                    TrainerError(
+                        ERROR_MISSING_DEPENDENCY,
+                        f"the interpreter {sys.executable} cannot import {error.name}: install"
+                        f" it there (pip install numpy scikit-learn) or point pythonPath at"
+                        f" an interpreter that has it",
+                    )
+                )
+            else:
+                self.fail(TrainerError(ERROR_INTERNAL, f"{type(error).__name__}: {error}"))
             return EXIT_FAILURE
         self._countdown.stop()
         return EXIT_OK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
 from protocol.messages import (
@@ -32,7 +34,9 @@ def trust(daemon: Daemon, request: TrustPath) -> TrustResult:
 @handles(UntrustPath)
 def untrust(daemon: Daemon, request: UntrustPath) -> TrustResult:
     changed = daemon.services.trust.untrust(request.path)
-    return TrustResult(path=request.path, changed=changed, trusted=_trusted_paths(daemon))
+    # The folder may be gone; report the path as the store compares it (symlinks resolved).
+    resolved = os.path.realpath(request.path)
+    return TrustResult(path=resolved, changed=changed, trusted=_trusted_paths(daemon))
 
 
 @handles(ListTrusted)
