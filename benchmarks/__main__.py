@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +53,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _commit() -> str:
+    """The checked-out commit, and whether the working tree differs from it (others'
+    work in progress is measured too)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = {int(n) for n in args.only.split(",") if n.strip()} if args.only else set()
@@ -74,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "started": started_at,
         "mode": mode,
+        "commit": _commit(),
         "figures": sorted(wanted) or "all",
         "wall_s": time.perf_counter() - started,
         "load_average_start": load_start,

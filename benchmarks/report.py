@@ -66,7 +66,9 @@ def markdown(machine: dict[str, Any], run: dict[str, Any], figures: list[Figure]
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
     start_load = ", ".join(f"{x:.2f}" for x in run["load_average_start"])
     end_load = ", ".join(f"{x:.2f}" for x in run["load_average_end"])
-    missed = [f for f in figures if any(r.met is False for r in f.rows)]
+    missed = sorted(
+        (f for f in figures if any(r.met is False for r in f.rows)), key=lambda f: f.number
+    )
     out = [
         "# Benchmarks",
         "",
