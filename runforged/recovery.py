@@ -61,6 +61,7 @@ from runforged.index_entry import (
     decode_run_json,
     entry_from_files,
     file_error,
+    needs_run_json_mtime,
     read_file,
     read_file_with_mtime,
     relative_run_dir,
@@ -99,7 +100,21 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
     """
     index.refresh()
     runs_dir = str(index.workspace / RUNS_DIR)
-    scan = _scan(index, in_flight, runs_dir)
+    try:
+        runs_fd = os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return _commit(index, _Scan(), None)  # no runs: still ensures the index file
+    except OSError as exc:
+        raise _unreadable_runs_folder(runs_dir, exc) from exc
+    try:
+        return _commit(index, _scan(index, in_flight, runs_dir, runs_fd), runs_fd)
+    finally:
+        os.close(runs_fd)
+
+
+def _commit(index: RunIndex, scan: _Scan, runs_fd: int | None) -> RecoveryReport:
+    """Write what ``scan`` found in one index write, then delete the stale markers."""
+    runs_dir = str(index.workspace / RUNS_DIR)
     candidates = scan.candidates
     # Oldest first, so the index stays "newest last" as far as recovery can make it.
     candidates.sort(key=lambda c: (sort_timestamp(c[0].created_at), c[1]))
@@ -113,7 +128,8 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
             # Someone else indexed it between our scan and our write (merged in commit).
             already_indexed += 1
             continue
-        had_marker = _delete_stale_marker(runs_dir, folder_name)
+        assert runs_fd is not None  # candidates come from a scan of the open runs folder
+        had_marker = _delete_stale_marker(runs_fd, runs_dir, folder_name)
         reason = (
             RecoveryReason.INDEX_ORPHAN_MARKER if had_marker else RecoveryReason.PRE_EXISTING_ORPHAN
         )
@@ -157,42 +173,33 @@ class _Scan:
     cancelled: list[RecoveryItem] = field(default_factory=list)
 
 
-def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str) -> _Scan:
+def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: int) -> _Scan:
     scan = _Scan()
     try:
-        runs_fd = os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return scan
+        with os.scandir(runs_fd) as it:
+            names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
     except OSError as exc:
         raise _unreadable_runs_folder(runs_dir, exc) from exc
-    try:
-        try:
-            with os.scandir(runs_fd) as it:
-                names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-        except OSError as exc:
-            raise _unreadable_runs_folder(runs_dir, exc) from exc
-        scan.scanned = len(names)
-        candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
-        for name in names:
-            if name in in_flight:
-                scan.in_flight += 1
-                continue
-            rel_dir = relative_run_dir(name)
-            if index.lists_run_dir(rel_dir):
-                scan.already_indexed += 1
-                continue
-            outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
-            if outcome is None:
-                scan.already_indexed += 1
-            elif isinstance(outcome, IndexEntry):
-                candidate_ids[outcome.run_id] = rel_dir
-                scan.candidates.append((outcome, name))
-            elif isinstance(outcome, RecoverySkip):
-                scan.skipped.append(outcome)
-            else:
-                scan.cancelled.append(outcome)
-    finally:
-        os.close(runs_fd)
+    scan.scanned = len(names)
+    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
+    for name in names:
+        if name in in_flight:
+            scan.in_flight += 1
+            continue
+        rel_dir = relative_run_dir(name)
+        if index.lists_run_dir(rel_dir):
+            scan.already_indexed += 1
+            continue
+        outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
+        if outcome is None:
+            scan.already_indexed += 1
+        elif isinstance(outcome, IndexEntry):
+            candidate_ids[outcome.run_id] = rel_dir
+            scan.candidates.append((outcome, name))
+        elif isinstance(outcome, RecoverySkip):
+            scan.skipped.append(outcome)
+        else:
+            scan.cancelled.append(outcome)
     return scan
 
 
@@ -278,7 +285,10 @@ def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]
                     reason=RecoveryReason.CANCELLED,
                 )
             return _missing_run_json(rel_dir, result)
-        data, mtime_ns = folder.read_with_mtime(RUN_JSON)
+        if needs_run_json_mtime(result):
+            data, mtime_ns = folder.read_with_mtime(RUN_JSON)
+        else:
+            data, mtime_ns = folder.read(RUN_JSON), None  # one system call less
         run = decode_run_json(data)
         if run.run_id in index:
             return None
@@ -303,21 +313,29 @@ def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip
     return RecoverySkip(run_dir=rel_dir, error=RecoverySkipError.MISSING_RUN_JSON, message=message)
 
 
-def _delete_stale_marker(runs_dir: str, folder_name: str) -> bool:
+def _delete_stale_marker(runs_fd: int, runs_dir: str, folder_name: str) -> bool:
     """Delete the ``.index-orphan`` marker of a run just indexed (it no longer tells the
-    truth); returns whether there was one. One system call in the common case, no marker:
-    cheaper than asking first."""
-    marker = f"{runs_dir}/{folder_name}/{INDEX_ORPHAN_MARKER}"
+    truth); returns whether there was one. One system call when there is none, the
+    common case: cheaper than asking first."""
+    marker = f"{folder_name}/{INDEX_ORPHAN_MARKER}"
     try:
-        os.unlink(marker)
+        os.unlink(marker, dir_fd=runs_fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
         # A read-only file system refuses even when there is nothing to delete.
-        if not os.path.lexists(marker):
+        if not _exists(marker, runs_fd):
             return False
         # The run is indexed either way; a marker left behind is ignored for indexed runs.
-        log.warning("stale_orphan_marker_not_deleted", path=marker, error=str(exc))
+        log.warning("stale_orphan_marker_not_deleted", path=f"{runs_dir}/{marker}", error=str(exc))
+    return True
+
+
+def _exists(path: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(path, dir_fd=dir_fd)
+    except OSError:
+        return False
     return True
 
 
