@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks import bench_cancel, bench_cli, bench_control, bench_events, bench_scale
 from benchmarks.machine import describe
-from benchmarks.report import console_table, markdown, write_json
+from benchmarks.report import console_table, markdown, read_json, write_json
 from benchmarks.results import Figure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where to write BENCHMARKS.md (default: the repository's, on full runs of "
         "every figure only)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite the report from a results file (after editing the "
+        "analysis in benchmarks/analysis.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,6 +80,11 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        target = args.markdown or MARKDOWN
+        target.write_text(markdown(*read_json(args.render)))
+        print(f"report: {target}")
+        return 0
     wanted = {int(n) for n in args.only.split(",") if n.strip()} if args.only else set()
     # Bytecode caches as after an install: without them every client start recompiles.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)

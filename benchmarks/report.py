@@ -54,6 +54,13 @@ def write_json(
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
 
+def read_json(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[Figure]]:
+    """A results file written by ``write_json``, back as (machine, run, figures)."""
+    document = json.loads(path.read_text())
+    figures = [Figure(**{**f, "rows": [Row(**r) for r in f["rows"]]}) for f in document["figures"]]
+    return document["machine"], document["run"], figures
+
+
 def _markdown_table(figures: list[Figure]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += [
