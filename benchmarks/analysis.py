@@ -9,6 +9,7 @@ RERUN = """\
 .venv/bin/python -m benchmarks             # the whole suite; rewrites BENCHMARKS.md
 .venv/bin/python -m benchmarks --quick     # smoke run: few rounds, small sizes
 .venv/bin/python -m benchmarks --only 2,6  # some figures (BENCHMARKS.md left alone)
+.venv/bin/python -m benchmarks --render benchmarks/results/full-….json  # report only
 ```
 
 Run it from the repository root, on an otherwise idle machine if you can: the whole
