@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +16,9 @@ from protocol.discovery import RUNTIME_DIR_ENV, Endpoints
 from protocol.records import RunState
 from runforgectl import output
 from runforgectl.client import Client, DaemonError, DaemonUnavailable
-from runforgectl.follow import ProgressDisplay, follow_run
+
+# Imports only what `ping` and `status` need at module level; commands import the rest
+# (subprocess, signal, the follow machinery) themselves: start-up cost is a feature here.
 
 # Exit status (DESIGN §11 for 0-3; run outcomes from 10 up, the same meaning everywhere).
 EXIT_OK = 0
@@ -137,6 +136,8 @@ def _running_pid(ctx: Context) -> int | None:
 
 def _start_detached(ctx: Context) -> None:
     """Run ``runforged --detach``, which returns once the daemon answers."""
+    import subprocess
+
     proc = subprocess.run(
         [*_runforged_command(), "--runtime-dir", str(ctx.endpoints.runtime_dir), "--detach"],
         capture_output=True,
@@ -211,6 +212,8 @@ def _process_alive(pid: int) -> bool:
 
 
 def cmd_daemon_install_service(ctx: Context) -> int:
+    import shutil
+
     runforged = shutil.which("runforged") or str(Path(sys.executable).with_name("runforged"))
     unit_dir = (
         Path(os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config"))) / "systemd" / "user"
@@ -359,6 +362,10 @@ def _follow_to_end(
     exit_codes: dict[RunState, int],
     cancel_on_interrupt: bool,
 ) -> int:
+    import signal
+
+    from runforgectl.follow import ProgressDisplay, follow_run
+
     display = ProgressDisplay()
 
     def on_event(event: m.Event) -> None:
@@ -587,6 +594,8 @@ def cmd_events(ctx: Context) -> int:
                 print(_event_line(event), flush=True)
 
         try:
+            from runforgectl.follow import follow_run
+
             follow_run(ctx.client, ws, a.run, a.since, emit)
         except KeyboardInterrupt:
             return EXIT_OK

@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
@@ -247,7 +248,7 @@ class CancelController:
         return cls(
             default_grace_s=default_grace_s,
             now=loop.time,
-            call_at=loop.call_at,
+            call_at=functools.partial(_call_at_precisely, loop),
             send_term=send_term,
             kill_tree=kill_tree,
             publish_countdown=publish_countdown,
@@ -323,6 +324,24 @@ class CancelController:
             if handle is not None:
                 handle.cancel()
         self._deadline_handle = self._countdown_handle = None
+
+
+# asyncio rounds timer waits up to its clock resolution (about a millisecond), so a plain
+# call_at fires late. Waking this much early and sleeping the rest keeps the SIGKILL
+# within a fraction of a millisecond of the deadline.
+_EARLY_WAKE_S = 0.002
+
+
+def _call_at_precisely(
+    loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]
+) -> asyncio.TimerHandle:
+    def fire() -> None:
+        remaining = when - loop.time()
+        if remaining > 0:
+            time.sleep(remaining)
+        callback()
+
+    return loop.call_at(when - _EARLY_WAKE_S, fire)
 
 
 def _is_valid_grace(grace_s: float) -> bool:

@@ -63,6 +63,9 @@ def handles(request_type: type, *, while_stopping: bool = False) -> Callable[[Ha
     return register
 
 
+_SNDMORE_NOBLOCK = zmq.SNDMORE | zmq.NOBLOCK
+
+
 class EventPublisher:
     """Stamps events with the daemon-wide sequence number and publishes them."""
 
@@ -99,8 +102,10 @@ class EventPublisher:
     def send(self, topic: bytes, event: Event) -> None:
         # XPUB never blocks: a subscriber past its high-water mark loses messages, and the
         # sequence numbers let it see the gap and fill it with a replay.
+        # Two plain sends: measurably cheaper per event than send_multipart on this path.
         with contextlib.suppress(zmq.Again):
-            self._socket.send_multipart([topic, self._encoder.encode(event)], zmq.NOBLOCK)
+            self._socket.send(topic, _SNDMORE_NOBLOCK)
+            self._socket.send(self._encoder.encode(event), zmq.NOBLOCK)
         self._counters.events_published += 1
 
     def daemon_event(self, event_type: str, data: dict[str, Any]) -> Event:

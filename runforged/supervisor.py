@@ -321,8 +321,11 @@ class RunSupervisor:
     def _kill_tree(self, run: LiveRun) -> None:
         if run.tree is None:
             return
-        run.tree.refresh()
+        # Kill first (every moment counts at a deadline), then look for descendants that
+        # appeared since the last refresh and kill those too.
         killed = run.tree.kill_all()
+        if run.tree.refresh():
+            killed += run.tree.kill_all()
         controller = run.controller
         if controller is not None and controller.killed and not run.escalated:
             run.escalated = True
