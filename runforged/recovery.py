@@ -117,23 +117,24 @@ def _commit(index: RunIndex, scan: _Scan, runs_fd: int | None) -> RecoveryReport
     runs_dir = str(index.workspace / RUNS_DIR)
     candidates = scan.candidates
     # Oldest first, so the index stays "newest last" as far as recovery can make it.
-    candidates.sort(key=lambda c: (sort_timestamp(c[0].created_at), c[1]))
+    candidates.sort(key=lambda entry: (sort_timestamp(entry.created_at), entry.run_dir or ""))
     file_existed = index.file_exists
-    added = index.commit([entry for entry, _ in candidates], ensure_file=True)
+    added = index.commit(candidates, ensure_file=True)
     added_ids = {id(entry) for entry in added}
     already_indexed = scan.already_indexed
     recovered: list[RecoveryItem] = []
-    for entry, folder_name in candidates:
+    for entry in candidates:
         if id(entry) not in added_ids:
             # Someone else indexed it between our scan and our write (merged in commit).
             already_indexed += 1
             continue
         assert runs_fd is not None  # candidates come from a scan of the open runs folder
+        assert entry.run_dir is not None  # entries built from a folder always have one
+        folder_name = entry.run_dir.rpartition("/")[2]
         had_marker = _delete_stale_marker(runs_fd, runs_dir, folder_name)
         reason = (
             RecoveryReason.INDEX_ORPHAN_MARKER if had_marker else RecoveryReason.PRE_EXISTING_ORPHAN
         )
-        assert entry.run_dir is not None  # entries built from a folder always have one
         recovered.append(RecoveryItem(run_id=entry.run_id, run_dir=entry.run_dir, reason=reason))
 
     report = RecoveryReport(
@@ -168,7 +169,8 @@ class _Scan:
     scanned: int = 0
     already_indexed: int = 0
     in_flight: int = 0
-    candidates: list[tuple[IndexEntry, str]] = field(default_factory=list)  # (entry, folder)
+    # Just the entries: what else a folder held is not kept (10^5 of them at the write).
+    candidates: list[IndexEntry] = field(default_factory=list)
     skipped: list[RecoverySkip] = field(default_factory=list)
     cancelled: list[RecoveryItem] = field(default_factory=list)
 
@@ -195,7 +197,7 @@ def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: in
             scan.already_indexed += 1
         elif isinstance(outcome, IndexEntry):
             candidate_ids[outcome.run_id] = rel_dir
-            scan.candidates.append((outcome, name))
+            scan.candidates.append(outcome)
         elif isinstance(outcome, RecoverySkip):
             scan.skipped.append(outcome)
         else:
@@ -315,27 +317,18 @@ def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip
 
 def _delete_stale_marker(runs_fd: int, runs_dir: str, folder_name: str) -> bool:
     """Delete the ``.index-orphan`` marker of a run just indexed (it no longer tells the
-    truth); returns whether there was one. One system call when there is none, the
-    common case: cheaper than asking first."""
+    truth); returns whether there was one."""
     marker = f"{folder_name}/{INDEX_ORPHAN_MARKER}"
+    # A bool, not an exception, in the common case of no marker (10^5 times per recovery).
+    if not os.access(marker, os.F_OK, dir_fd=runs_fd, follow_symlinks=False):
+        return False
     try:
         os.unlink(marker, dir_fd=runs_fd)
     except FileNotFoundError:
-        return False
+        pass  # gone meanwhile; the run did have one
     except OSError as exc:
-        # A read-only file system refuses even when there is nothing to delete.
-        if not _exists(marker, runs_fd):
-            return False
         # The run is indexed either way; a marker left behind is ignored for indexed runs.
         log.warning("stale_orphan_marker_not_deleted", path=f"{runs_dir}/{marker}", error=str(exc))
-    return True
-
-
-def _exists(path: str, dir_fd: int) -> bool:
-    try:
-        os.lstat(path, dir_fd=dir_fd)
-    except OSError:
-        return False
     return True
 
 
