@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -64,22 +66,22 @@ class _Snapshot:
     entries: tuple[IndexEntry, ...]  # file order: oldest appended first
     by_id: dict[str, IndexEntry]  # first entry of each run id
     run_dirs: frozenset[str]
-    keys: tuple[float, ...]  # _sort_key of each entry, by position
-    newest_first: tuple[int, ...]  # positions, newest first; ties: later position first
+    # Arrays, not tuples: 8 bytes per entry instead of 40 (a float or int object each).
+    keys: array[float]  # _sort_key of each entry, by position
+    newest_first: array[int]  # positions, newest first; ties: later position first
 
     @classmethod
     def of(cls, entries: Sequence[IndexEntry]) -> _Snapshot:
         by_id: dict[str, IndexEntry] = {}
         for entry in entries:
             by_id.setdefault(entry.run_id, entry)
-        keys = tuple(_sort_key(e) for e in entries)
-        order = sorted(range(len(entries)), key=lambda i: (keys[i], i), reverse=True)
+        keys = array("d", map(_sort_key, entries))
         return cls(
             entries=tuple(entries),
             by_id=by_id,
             run_dirs=frozenset(e.run_dir for e in entries if e.run_dir is not None),
             keys=keys,
-            newest_first=tuple(order),
+            newest_first=_newest_first(keys),
         )
 
     def extended(self, added: Sequence[IndexEntry]) -> _Snapshot:
@@ -91,12 +93,12 @@ class _Snapshot:
         for entry in added:
             by_id.setdefault(entry.run_id, entry)
         entries = self.entries + tuple(added)
-        keys = self.keys + tuple(new_keys)
+        keys = self.keys + array("d", new_keys)
         newest = self.keys[self.newest_first[0]] if self.newest_first else -math.inf
         if all(k >= newest for k in new_keys) and new_keys == sorted(new_keys):
-            order = tuple(range(len(entries) - 1, base - 1, -1)) + self.newest_first
+            order = array("q", range(len(entries) - 1, base - 1, -1)) + self.newest_first
         else:
-            order = tuple(sorted(range(len(entries)), key=lambda i: (keys[i], i), reverse=True))
+            order = _newest_first(keys)
         return _Snapshot(
             entries=entries,
             by_id=by_id,
@@ -104,6 +106,30 @@ class _Snapshot:
             keys=keys,
             newest_first=order,
         )
+
+
+def _share_repeated_values(entries: list[IndexEntry]) -> None:
+    """One copy of each value most runs repeat (preset, status, device, dataset, label
+    column) instead of one per entry: ~30 MB less for an index of 10^5 entries."""
+    intern = sys.intern
+    for entry in entries:
+        if entry.preset_id is not None:
+            entry.preset_id = intern(entry.preset_id)
+        if entry.status is not None:
+            entry.status = intern(entry.status)
+        if entry.dataset_fingerprint_sha256 is not None:
+            entry.dataset_fingerprint_sha256 = intern(entry.dataset_fingerprint_sha256)
+        if entry.label_column is not None:
+            entry.label_column = intern(entry.label_column)
+        if entry.summary is not None:
+            entry.summary.device = intern(entry.summary.device)
+
+
+def _newest_first(keys: array[float]) -> array[int]:
+    """Positions by ``keys``, newest first; ties: later position first."""
+    # Sorting is stable (also in reverse), so positions fed last-to-first keep that order
+    # among equal keys; no (key, position) tuple per entry.
+    return array("q", sorted(range(len(keys) - 1, -1, -1), key=keys.__getitem__, reverse=True))
 
 
 class RunIndex:
@@ -238,6 +264,8 @@ class RunIndex:
             st = os.stat(self.path)
         except OSError as exc:
             raise self._failure("could not be written", exc) from exc
+        # Tens of MB at 10^5 entries: not held while the next snapshot is built.
+        del data
         self._signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._file_exists = True
         self._snapshot = snapshot.extended(added) if added else snapshot
@@ -280,7 +308,9 @@ class RunIndex:
         except msgspec.DecodeError as exc:
             self._move_aside(str(exc))
             return None
+        del data
         entries = decoded.runs if isinstance(decoded, IndexFile) else decoded
+        _share_repeated_values(entries)
         return entries, signature
 
     def _move_aside(self, reason: str) -> None:

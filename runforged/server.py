@@ -185,10 +185,12 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
+        if self.services is not None:
+            # Reconciliation of a crashed daemon's runs finishes before any request is
+            # read: no new run can start while old ones are still being classified.
+            await self.services.start()
         loop.add_reader(self._router.fileno(), self._drain_router)
         loop.add_reader(self._xpub.fileno(), self._drain_xpub)
-        if self.services is not None:
-            await self.services.start()
         self.publisher.daemon_event(ev.DAEMON_STARTED, {"pid": self.pid})
         self.notifier.ready(f"serving on {self.endpoints.control}")
         watchdog = self._spawn(self._watchdog()) if self.notifier.watchdog_interval_s else None

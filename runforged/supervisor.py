@@ -29,6 +29,7 @@ from runforged import paths
 from runforged.cancel import CancelController, read_cancelled_marker
 from runforged.errors import RunforgeError
 from runforged.index_writer import IndexWriters
+from runforged.intents import CancelJournal
 from runforged.proctree import ProcessIdentity, ProcessTree, boot_id
 from runforged.trainer_events import InvalidEventLine, parse_line
 from runforged.trust import TrustedWorkspace
@@ -131,6 +132,7 @@ class RunSupervisor:
         self._counters = counters
         self._indexes = indexes
         self._inflight_dir = state_dir / "inflight"
+        self._intents = CancelJournal(state_dir / "cancel-intents.log")
         self._queue: deque[LiveRun] = deque()
         self._active: dict[str, LiveRun] = {}  # spawned, not yet terminal
         self._recent: dict[str, LiveRun] = {}  # terminal runs of this daemon, by id
@@ -451,6 +453,8 @@ class RunSupervisor:
         with contextlib.suppress(ValueError):
             self._queue.remove(run)
         self._recent[run.run_id] = run
+        if not self._active and not self._queue:
+            self._intents.clear()
         if len(self._recent) > 1000:
             self._recent.pop(next(iter(self._recent)))
         run.done.set()
@@ -508,7 +512,7 @@ class RunSupervisor:
             run.state = RunState.CANCELLING
             if run.inflight is not None:
                 run.inflight.cancel_requested = True
-                self._save_inflight(run)  # the intent is durable before any signal
+            await self._intents.record(run.run_id)  # durable before any signal
             grace = run.grace_s if grace_s is None else grace_s
             self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": grace})
             log.info("cancel_requested", run_id=run.run_id, grace_s=grace)
@@ -532,6 +536,7 @@ class RunSupervisor:
             await asyncio.gather(*(r.done.wait() for r in running))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=PIPE_DRAIN_TIMEOUT_S * 2)
+        self._intents.close()
 
     # ------------------------------------------------------------------ durable state
 
@@ -552,7 +557,9 @@ class RunSupervisor:
 
     async def reconcile(self) -> list[tuple[str, RunState]]:
         """Classify every run a previous daemon left in flight (call before serving)."""
+        cancelled = self._intents.recorded()
         if not self._inflight_dir.is_dir():
+            self._intents.clear()
             return []
         outcomes = []
         decoder = msgspec.json.Decoder(InflightRecord)
@@ -563,9 +570,11 @@ class RunSupervisor:
                 log.error("inflight_record_unreadable", path=str(path), error=str(exc))
                 path.unlink(missing_ok=True)
                 continue
+            record.cancel_requested = record.cancel_requested or record.run_id in cancelled
             state = await self._reconcile_one(record)
             outcomes.append((record.run_id, state))
             path.unlink(missing_ok=True)
+        self._intents.clear()
         return outcomes
 
     async def _reconcile_one(self, record: InflightRecord) -> RunState:

@@ -158,3 +158,24 @@ def test_a_stubborn_tree_left_by_a_crashed_daemon_is_killed_on_restart(
     result = json.loads((run_dir(ws, run_id) / "result.json").read_text())
     assert result["state"] == "cancelled_forced"
     assert "restarted" in result["reason"]
+
+
+def test_a_cancel_in_progress_survives_a_daemon_crash(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    daemon = daemon_factory(RF_TEST_MODE="ignore_sigterm").start()
+    ws = trainer_workspace(daemon, settings={"runforge.cancelGraceSeconds": 1})
+    run_id = train(daemon, ws)
+    wait_for((run_dir(ws, run_id) / "trainer.pid").exists, timeout=60)
+    pid = int((run_dir(ws, run_id) / "trainer.pid").read_text())
+    daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "60", "--no-wait", check=True)
+    intents = daemon.root / "state" / "cancel-intents.log"
+    assert run_id in intents.read_text().split()  # durable before the SIGTERM went out
+    daemon.kill_hard()
+    daemon.start()
+    result = json.loads((run_dir(ws, run_id) / "result.json").read_text())
+    assert result["cancel_requested"] is True
+    assert result["state"] == "cancelled_forced"
+    assert not alive(pid)
+    # Nothing is in flight any more: the journal is emptied.
+    assert not intents.exists() or intents.read_text() == ""
