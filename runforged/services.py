@@ -258,31 +258,29 @@ class Services:
 
     def _allocate_run_dir(self, workspace: Path) -> tuple[str, Path]:
         runs = paths.runs_dir(workspace)
-        try:
-            runs.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunforgeError(
-                ErrorCode.INVALID_PATH,
-                f"cannot create {runs}: {exc.strerror}",
-                "check the workspace's permissions and free space",
-                {"path": str(runs)},
-            ) from exc
+        _make_dir(runs, parents=True)
         for _ in range(100):
             run_id = paths.new_run_id()
             run_dir = runs / run_id
-            try:
-                run_dir.mkdir()  # atomic: exactly one caller creates a given folder
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise RunforgeError(
-                    ErrorCode.INVALID_PATH,
-                    f"cannot create the run folder {run_dir}: {exc.strerror}",
-                    "check the workspace's permissions and free space",
-                    {"path": str(run_dir)},
-                ) from exc
-            return run_id, run_dir
+            if _make_dir(run_dir):  # atomic: exactly one caller creates a given folder
+                return run_id, run_dir
         raise RunforgeError(ErrorCode.INTERNAL_ERROR, "could not allocate a unique run id")
+
+
+def _make_dir(path: Path, *, parents: bool = False) -> bool:
+    """Create ``path``; False if it already existed (only without ``parents``)."""
+    try:
+        path.mkdir(parents=parents, exist_ok=parents)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise RunforgeError(
+            ErrorCode.INVALID_PATH,
+            f"cannot create {path}: {exc.strerror}",
+            "check the workspace's permissions and free space",
+            {"path": str(path)},
+        ) from exc
+    return True
 
 
 def _info(exc: RunforgeError) -> ErrorInfo:

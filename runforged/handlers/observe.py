@@ -299,46 +299,45 @@ async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
     )
 
 
-@handles(InspectDataset)
-async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectResult:
+async def _inspect(
+    daemon: Daemon, workspace_arg: str, path: str, spawn: Any, **arguments: Any
+) -> InspectResult:
+    """Run one of the runner's inspect commands (a trust-gated Python spawn)."""
     services = daemon.services
-    workspace = paths.validate_workspace(request.workspace)
+    workspace = paths.validate_workspace(workspace_arg)
     settings = services.settings_for(workspace)
     trusted = services.trust.require(str(workspace))
-    inspection = await spawn_inspect_dataset(
+    inspection = await spawn(
         trusted,
         python_path=settings.python_path,
         runner_module=settings.ml_runner_module,
-        dataset=request.path,
-        label=request.label,
         env=services.child_env(),
+        **arguments,
     )
     return InspectResult(
         workspace=str(workspace),
-        path=request.path,
+        path=path,
         document=msgspec.to_builtins(inspection),
         orphans=await services.orphans(workspace),
+    )
+
+
+@handles(InspectDataset)
+async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectResult:
+    return await _inspect(
+        daemon,
+        request.workspace,
+        request.path,
+        spawn_inspect_dataset,
+        dataset=request.path,
+        label=request.label,
     )
 
 
 @handles(InspectArtifact)
 async def inspect_artifact(daemon: Daemon, request: InspectArtifact) -> InspectResult:
-    services = daemon.services
-    workspace = paths.validate_workspace(request.workspace)
-    settings = services.settings_for(workspace)
-    trusted = services.trust.require(str(workspace))
-    inspection = await spawn_inspect_artifact(
-        trusted,
-        python_path=settings.python_path,
-        runner_module=settings.ml_runner_module,
-        artifact=request.path,
-        env=services.child_env(),
-    )
-    return InspectResult(
-        workspace=str(workspace),
-        path=request.path,
-        document=msgspec.to_builtins(inspection),
-        orphans=await services.orphans(workspace),
+    return await _inspect(
+        daemon, request.workspace, request.path, spawn_inspect_artifact, artifact=request.path
     )
 
 
