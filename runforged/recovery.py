@@ -32,8 +32,11 @@ serialises it with every other index write.
 from __future__ import annotations
 
 import os
-from collections.abc import Container
+import resource
+from collections.abc import Container, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
@@ -75,6 +78,11 @@ log = structlog.get_logger(__name__)
 
 # The files of every run the daemon started and saw complete.
 _COMPLETE_RUN_FILES = frozenset({RUN_JSON, REQUEST_JSON, RESULT_JSON})
+
+# Readers of a cold cache (see ``_classified``): 4 read 10^4 cold folders twice as fast as
+# one on this project's 2-core test machine; 8 no faster than 4.
+_READERS = 4
+_FOLDERS_PER_BATCH = 256
 
 
 def run_folder_names(runs_dir: str) -> list[str]:
@@ -183,30 +191,57 @@ def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: in
     except OSError as exc:
         raise _unreadable_runs_folder(runs_dir, exc) from exc
     scan.scanned = len(names)
-    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
+    to_read: list[str] = []
     for name in names:
         if name in in_flight:
             scan.in_flight += 1
-            continue
-        rel_dir = relative_run_dir(name)
-        if index.lists_run_dir(rel_dir):
+        elif index.lists_run_dir(relative_run_dir(name)):
             scan.already_indexed += 1
-            continue
-        outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
-        if outcome is None:
-            scan.already_indexed += 1
-        elif isinstance(outcome, IndexEntry):
-            candidate_ids[outcome.run_id] = rel_dir
-            scan.candidates.append(outcome)
-        elif isinstance(outcome, RecoverySkip):
-            scan.skipped.append(outcome)
         else:
-            scan.cancelled.append(outcome)
+            to_read.append(name)
+    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
+    for outcomes in _classified(runs_fd, runs_dir, index, to_read):
+        for rel_dir, outcome in outcomes:
+            if outcome is None:
+                scan.already_indexed += 1
+            elif isinstance(outcome, _Recoverable):
+                first = candidate_ids.get(outcome.run_id)
+                if first is not None:
+                    scan.skipped.append(_duplicate(rel_dir, outcome.run_id, first))
+                elif isinstance(outcome.entry, RecoverySkip):
+                    scan.skipped.append(outcome.entry)
+                else:
+                    candidate_ids[outcome.run_id] = rel_dir
+                    scan.candidates.append(outcome.entry)
+            elif isinstance(outcome, RecoverySkip):
+                scan.skipped.append(outcome)
+            else:
+                scan.cancelled.append(outcome)
     return scan
 
 
+class _Recoverable:
+    """A folder whose ``run.json`` names a run neither indexed nor cancelled: its entry,
+    or why its ``request.json`` cannot complete one. Unless an earlier folder names the
+    same run: then it is a duplicate, which only the scan, in folder order, can tell."""
+
+    __slots__ = ("entry", "run_id")
+
+    def __init__(self, run_id: str, entry: IndexEntry | RecoverySkip) -> None:
+        self.run_id = run_id
+        self.entry = entry
+
+
 # A run folder is, for recovery: already indexed (None), recoverable, skipped or cancelled.
-_Outcome = IndexEntry | RecoverySkip | RecoveryItem | None
+_Outcome = _Recoverable | RecoverySkip | RecoveryItem | None
+
+
+def _duplicate(rel_dir: str, run_id: str, first: str) -> RecoverySkip:
+    return RecoverySkip(
+        run_dir=rel_dir,
+        error=RecoverySkipError.CORRUPT_RUN_JSON,
+        message=f"run id {run_id} is also the run of {first}",
+    )
 
 
 class _ListingNeeded(Exception):
@@ -253,11 +288,54 @@ class _RunFolder:
         return _ListingNeeded() if self.listing is None else file_error(file, exc)
 
 
+def _classified(
+    runs_fd: int, runs_dir: str, index: RunIndex, names: list[str]
+) -> Iterator[list[tuple[str, _Outcome]]]:
+    """``(run_dir, outcome)`` of each folder in ``names``, in order, a batch at a time.
+
+    Folders are read in this thread while their files come from the page cache. When the
+    first batch had to wait for the disk (a cold cache: after a reboot), the rest is read
+    by ``_READERS`` threads, whose waits overlap: about twice as fast. From the cache,
+    threads would only hand the GIL back and forth at every system call: twice as slow.
+    """
+    batches = [names[i : i + _FOLDERS_PER_BATCH] for i in range(0, len(names), _FOLDERS_PER_BATCH)]
+    if not batches:
+        return
+    classify = partial(_classify_folders, runs_fd, runs_dir, index)
+    blocks_before = _blocks_read()
+    yield classify(batches[0])
+    if _blocks_read() - blocks_before < len(batches[0]):
+        for batch in batches[1:]:
+            yield classify(batch)
+        return
+    pool = ThreadPoolExecutor(_READERS, thread_name_prefix="recovery-reader")
+    try:
+        yield from pool.map(classify, batches[1:])
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _blocks_read() -> int:
+    """Blocks this thread has read from a disk so far (0 where that is not known)."""
+    who = getattr(resource, "RUSAGE_THREAD", None)  # Linux only
+    return resource.getrusage(who).ru_inblock if who is not None else 0
+
+
+def _classify_folders(
+    runs_fd: int, runs_dir: str, index: RunIndex, names: list[str]
+) -> list[tuple[str, _Outcome]]:
+    outcomes = []
+    for name in names:
+        rel_dir = relative_run_dir(name)
+        outcomes.append((rel_dir, _classify_folder(runs_fd, runs_dir, name, rel_dir, index)))
+    return outcomes
+
+
 def _classify_folder(
-    runs_fd: int, runs_dir: str, name: str, index: RunIndex, candidate_ids: dict[str, str]
+    runs_fd: int, runs_dir: str, name: str, rel_dir: str, index: RunIndex
 ) -> _Outcome:
     try:
-        return _classify(_RunFolder(runs_fd, runs_dir, name, None), index, candidate_ids)
+        return _classify(_RunFolder(runs_fd, runs_dir, name, None), rel_dir, index)
     except _ListingNeeded:
         pass
     try:
@@ -268,15 +346,14 @@ def _classify_folder(
             os.close(fd)
     except OSError as exc:
         return RecoverySkip(
-            run_dir=relative_run_dir(name),
+            run_dir=rel_dir,
             error=RecoverySkipError.READ_ERROR,
             message=f"run folder could not be read: {exc.strerror or exc}",
         )
-    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), index, candidate_ids)
+    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), rel_dir, index)
 
 
-def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
-    rel_dir = relative_run_dir(folder.name)
+def _classify(folder: _RunFolder, rel_dir: str, index: RunIndex) -> _Outcome:
     try:
         result = decode_result(folder.read(RESULT_JSON)) if RESULT_JSON in folder else None
         if RUN_JSON not in folder:
@@ -296,15 +373,14 @@ def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]
             return None
         if was_cancelled(folder, result):
             return RecoveryItem(run_id=run.run_id, run_dir=rel_dir, reason=RecoveryReason.CANCELLED)
-        if run.run_id in candidate_ids:
-            raise RunFolderError(
-                RecoverySkipError.CORRUPT_RUN_JSON,
-                f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
-            )
-        request = decode_request(folder.read(REQUEST_JSON)) if REQUEST_JSON in folder else None
     except RunFolderError as exc:
         return RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
-    return entry_from_files(folder.name, run, mtime_ns, request, result)
+    try:
+        request = decode_request(folder.read(REQUEST_JSON)) if REQUEST_JSON in folder else None
+    except RunFolderError as exc:
+        skip = RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
+        return _Recoverable(run.run_id, skip)
+    return _Recoverable(run.run_id, entry_from_files(folder.name, run, mtime_ns, request, result))
 
 
 def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip:
