@@ -22,10 +22,14 @@ nothing.
 Cost is linear in the number of folders, and per folder as small as the file system
 allows, since recovery may face 10^5 of them: one listing of ``.ml/runs``, kept open so
 files are opened relative to it; a folder not already indexed is first read as the
-complete run the daemon leaves (open, read, close ``result.json``, ``run.json`` and
-``request.json``, no listing). Only a folder that is not that (a file missing or
-unreadable, a question about another file) is listed and classified again from its
-listing. Blocking: the daemon runs it in a worker thread through ``IndexWriter``, which
+complete run the daemon leaves: open, one read, close of ``result.json``, ``run.json``
+and ``request.json`` (without updating their access times), no listing. Only a folder
+that is not that (a file missing or unreadable, a question about another file) is
+listed and classified again from its listing, exactly as before. After the write, one
+existence check per recovered run for its marker. Folders come from the page cache in
+the calling thread; from a cold cache, several reader threads wait on the disk at once
+(see ``_classified``). Reports do not depend on which: outcomes are taken in folder
+order. Blocking: the daemon runs it in a worker thread through ``IndexWriter``, which
 serialises it with every other index write.
 """
 
@@ -293,24 +297,26 @@ def _classified(
 ) -> Iterator[list[tuple[str, _Outcome]]]:
     """``(run_dir, outcome)`` of each folder in ``names``, in order, a batch at a time.
 
-    Folders are read in this thread while their files come from the page cache. When the
-    first batch had to wait for the disk (a cold cache: after a reboot), the rest is read
-    by ``_READERS`` threads, whose waits overlap: about twice as fast. From the cache,
-    threads would only hand the GIL back and forth at every system call: twice as slow.
+    Folders are read in this thread while their files come from the page cache. Once a
+    batch has had to wait for the disk (a cold cache: after a reboot, or files evicted),
+    the rest is read by ``_READERS`` threads, whose waits overlap: about twice as fast.
+    From the cache, threads would only hand the GIL back and forth at every system call:
+    twice as slow.
     """
-    batches = [names[i : i + _FOLDERS_PER_BATCH] for i in range(0, len(names), _FOLDERS_PER_BATCH)]
-    if not batches:
-        return
+    batches = iter(
+        [names[i : i + _FOLDERS_PER_BATCH] for i in range(0, len(names), _FOLDERS_PER_BATCH)]
+    )
     classify = partial(_classify_folders, runs_fd, runs_dir, index)
-    blocks_before = _blocks_read()
-    yield classify(batches[0])
-    if _blocks_read() - blocks_before < len(batches[0]):
-        for batch in batches[1:]:
-            yield classify(batch)
+    for batch in batches:
+        blocks_before = _blocks_read()
+        yield classify(batch)
+        if _blocks_read() - blocks_before >= len(batch):  # ~24 per folder when cold, else 0
+            break
+    else:
         return
     pool = ThreadPoolExecutor(_READERS, thread_name_prefix="recovery-reader")
     try:
-        yield from pool.map(classify, batches[1:])
+        yield from pool.map(classify, batches)
     finally:
         pool.shutdown(cancel_futures=True)
 
