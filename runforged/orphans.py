@@ -101,7 +101,7 @@ def read_index_orphan_error(run_dir: Path) -> str | None:
     return f"{marker.error.type}: {marker.error.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per folder, up to 10^5 of them
 class _Candidate:
     """A folder holding a completed, not cancelled run: an orphan unless indexed."""
 
@@ -183,24 +183,62 @@ class OrphanTracker:
         if self.index.lists_run_dir(relative_run_dir(name)):
             return _NOT_AN_ORPHAN
         self.folders_read += 1
-        folder = self.runs_dir / name
+        folder = f"{self.runs_dir}/{name}"
+        try:
+            return _candidate(folder, _CompleteRun(folder))
+        except _ListingNeeded:
+            pass
         try:
             files = set(os.listdir(folder))
-            if RUN_JSON not in files:
-                return _NOT_AN_ORPHAN
-            result = None
-            if RESULT_JSON in files:
-                try:
-                    result = _result_decoder.decode(read_file(str(folder / RESULT_JSON)))
-                except msgspec.DecodeError:
-                    result = None  # recovery reports it; the run.json still makes it an orphan
-            if was_cancelled(files, result):
-                return _NOT_AN_ORPHAN
-            identity = _identity_decoder.decode(read_file(str(folder / RUN_JSON)))
-        except (OSError, msgspec.DecodeError):
-            # No usable run.json means no run to name; recovery lists the folder as skipped.
+        except OSError:
             return _NOT_AN_ORPHAN
-        if not identity.run_id:
+        return _candidate(folder, files)
+
+
+class _ListingNeeded(Exception):
+    """The folder is not a complete run as the daemon leaves it: look at it from a listing."""
+
+
+class _CompleteRun:
+    """The files of a folder taken for a complete run (``run.json``, ``result.json``), so
+    that it is read without being listed (a listing is five system calls). A question
+    this cannot answer raises ``_ListingNeeded``."""
+
+    __slots__ = ("folder",)
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __contains__(self, file: object) -> bool:
+        if file in (RUN_JSON, RESULT_JSON):
+            return True
+        if file == INDEX_ORPHAN_MARKER:
+            # A listing names a marker even when it is a dangling link: so does this.
+            return os.access(f"{self.folder}/{file}", os.F_OK, follow_symlinks=False)
+        raise _ListingNeeded
+
+
+def _candidate(folder: str, files: Container[str]) -> _Candidate | None:
+    """What ``folder``, holding ``files``, says about its run."""
+    try:
+        if RUN_JSON not in files:
             return _NOT_AN_ORPHAN
-        error = read_index_orphan_error(folder) if INDEX_ORPHAN_MARKER in files else None
-        return _Candidate(run_id=identity.run_id, created_at=identity.created_at, error=error)
+        result = None
+        if RESULT_JSON in files:
+            try:
+                result = _result_decoder.decode(read_file(f"{folder}/{RESULT_JSON}"))
+            except msgspec.DecodeError:
+                result = None  # recovery reports it; the run.json still makes it an orphan
+        if was_cancelled(files, result):
+            return _NOT_AN_ORPHAN
+        identity = _identity_decoder.decode(read_file(f"{folder}/{RUN_JSON}"))
+    except OSError as exc:
+        if isinstance(files, _CompleteRun):
+            raise _ListingNeeded from exc
+        return _NOT_AN_ORPHAN  # no usable run.json: recovery lists the folder as skipped
+    except msgspec.DecodeError:
+        return _NOT_AN_ORPHAN
+    if not identity.run_id:
+        return _NOT_AN_ORPHAN
+    error = read_index_orphan_error(Path(folder)) if INDEX_ORPHAN_MARKER in files else None
+    return _Candidate(run_id=identity.run_id, created_at=identity.created_at, error=error)
