@@ -26,21 +26,17 @@ complete run the daemon leaves: open, one read, close of ``result.json``, ``run.
 and ``request.json`` (without updating their access times), no listing. Only a folder
 that is not that (a file missing or unreadable, a question about another file) is
 listed and classified again from its listing, exactly as before. After the write, one
-existence check per recovered run for its marker. Folders come from the page cache in
-the calling thread; from a cold cache, several reader threads wait on the disk at once
-(see ``_classified``). Reports do not depend on which: outcomes are taken in folder
-order. Blocking: the daemon runs it in a worker thread through ``IndexWriter``, which
-serialises it with every other index write.
+existence check per recovered run for its marker. All in the calling thread: from the
+page cache, reader threads would only hand the GIL to each other at every system call
+(twice as slow on two cores). Blocking: the daemon runs it in a worker thread through
+``IndexWriter``, which serialises it with every other index write.
 """
 
 from __future__ import annotations
 
 import os
-import resource
-from collections.abc import Container, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Container
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 
@@ -82,11 +78,6 @@ log = structlog.get_logger(__name__)
 
 # The files of every run the daemon started and saw complete.
 _COMPLETE_RUN_FILES = frozenset({RUN_JSON, REQUEST_JSON, RESULT_JSON})
-
-# Readers of a cold cache (see ``_classified``): 4 read 10^4 cold folders twice as fast as
-# one on this project's 2-core test machine; 8 no faster than 4.
-_READERS = 4
-_FOLDERS_PER_BATCH = 256
 
 
 def run_folder_names(runs_dir: str) -> list[str]:
@@ -195,57 +186,30 @@ def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: in
     except OSError as exc:
         raise _unreadable_runs_folder(runs_dir, exc) from exc
     scan.scanned = len(names)
-    to_read: list[str] = []
+    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
     for name in names:
         if name in in_flight:
             scan.in_flight += 1
-        elif index.lists_run_dir(relative_run_dir(name)):
+            continue
+        rel_dir = relative_run_dir(name)
+        if index.lists_run_dir(rel_dir):
             scan.already_indexed += 1
+            continue
+        outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
+        if outcome is None:
+            scan.already_indexed += 1
+        elif isinstance(outcome, IndexEntry):
+            candidate_ids[outcome.run_id] = rel_dir
+            scan.candidates.append(outcome)
+        elif isinstance(outcome, RecoverySkip):
+            scan.skipped.append(outcome)
         else:
-            to_read.append(name)
-    candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
-    for outcomes in _classified(runs_fd, runs_dir, index, to_read):
-        for rel_dir, outcome in outcomes:
-            if outcome is None:
-                scan.already_indexed += 1
-            elif isinstance(outcome, _Recoverable):
-                first = candidate_ids.get(outcome.run_id)
-                if first is not None:
-                    scan.skipped.append(_duplicate(rel_dir, outcome.run_id, first))
-                elif isinstance(outcome.entry, RecoverySkip):
-                    scan.skipped.append(outcome.entry)
-                else:
-                    candidate_ids[outcome.run_id] = rel_dir
-                    scan.candidates.append(outcome.entry)
-            elif isinstance(outcome, RecoverySkip):
-                scan.skipped.append(outcome)
-            else:
-                scan.cancelled.append(outcome)
+            scan.cancelled.append(outcome)
     return scan
 
 
-class _Recoverable:
-    """A folder whose ``run.json`` names a run neither indexed nor cancelled: its entry,
-    or why its ``request.json`` cannot complete one. Unless an earlier folder names the
-    same run: then it is a duplicate, which only the scan, in folder order, can tell."""
-
-    __slots__ = ("entry", "run_id")
-
-    def __init__(self, run_id: str, entry: IndexEntry | RecoverySkip) -> None:
-        self.run_id = run_id
-        self.entry = entry
-
-
 # A run folder is, for recovery: already indexed (None), recoverable, skipped or cancelled.
-_Outcome = _Recoverable | RecoverySkip | RecoveryItem | None
-
-
-def _duplicate(rel_dir: str, run_id: str, first: str) -> RecoverySkip:
-    return RecoverySkip(
-        run_dir=rel_dir,
-        error=RecoverySkipError.CORRUPT_RUN_JSON,
-        message=f"run id {run_id} is also the run of {first}",
-    )
+_Outcome = IndexEntry | RecoverySkip | RecoveryItem | None
 
 
 class _ListingNeeded(Exception):
@@ -292,56 +256,11 @@ class _RunFolder:
         return _ListingNeeded() if self.listing is None else file_error(file, exc)
 
 
-def _classified(
-    runs_fd: int, runs_dir: str, index: RunIndex, names: list[str]
-) -> Iterator[list[tuple[str, _Outcome]]]:
-    """``(run_dir, outcome)`` of each folder in ``names``, in order, a batch at a time.
-
-    Folders are read in this thread while their files come from the page cache. Once a
-    batch has had to wait for the disk (a cold cache: after a reboot, or files evicted),
-    the rest is read by ``_READERS`` threads, whose waits overlap: about twice as fast.
-    From the cache, threads would only hand the GIL back and forth at every system call:
-    twice as slow.
-    """
-    batches = iter(
-        [names[i : i + _FOLDERS_PER_BATCH] for i in range(0, len(names), _FOLDERS_PER_BATCH)]
-    )
-    classify = partial(_classify_folders, runs_fd, runs_dir, index)
-    for batch in batches:
-        blocks_before = _blocks_read()
-        yield classify(batch)
-        if _blocks_read() - blocks_before >= len(batch):  # ~24 per folder when cold, else 0
-            break
-    else:
-        return
-    pool = ThreadPoolExecutor(_READERS, thread_name_prefix="recovery-reader")
-    try:
-        yield from pool.map(classify, batches)
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _blocks_read() -> int:
-    """Blocks this thread has read from a disk so far (0 where that is not known)."""
-    who = getattr(resource, "RUSAGE_THREAD", None)  # Linux only
-    return resource.getrusage(who).ru_inblock if who is not None else 0
-
-
-def _classify_folders(
-    runs_fd: int, runs_dir: str, index: RunIndex, names: list[str]
-) -> list[tuple[str, _Outcome]]:
-    outcomes = []
-    for name in names:
-        rel_dir = relative_run_dir(name)
-        outcomes.append((rel_dir, _classify_folder(runs_fd, runs_dir, name, rel_dir, index)))
-    return outcomes
-
-
 def _classify_folder(
-    runs_fd: int, runs_dir: str, name: str, rel_dir: str, index: RunIndex
+    runs_fd: int, runs_dir: str, name: str, index: RunIndex, candidate_ids: dict[str, str]
 ) -> _Outcome:
     try:
-        return _classify(_RunFolder(runs_fd, runs_dir, name, None), rel_dir, index)
+        return _classify(_RunFolder(runs_fd, runs_dir, name, None), index, candidate_ids)
     except _ListingNeeded:
         pass
     try:
@@ -352,14 +271,15 @@ def _classify_folder(
             os.close(fd)
     except OSError as exc:
         return RecoverySkip(
-            run_dir=rel_dir,
+            run_dir=relative_run_dir(name),
             error=RecoverySkipError.READ_ERROR,
             message=f"run folder could not be read: {exc.strerror or exc}",
         )
-    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), rel_dir, index)
+    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), index, candidate_ids)
 
 
-def _classify(folder: _RunFolder, rel_dir: str, index: RunIndex) -> _Outcome:
+def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
+    rel_dir = relative_run_dir(folder.name)
     try:
         result = decode_result(folder.read(RESULT_JSON)) if RESULT_JSON in folder else None
         if RUN_JSON not in folder:
@@ -379,14 +299,15 @@ def _classify(folder: _RunFolder, rel_dir: str, index: RunIndex) -> _Outcome:
             return None
         if was_cancelled(folder, result):
             return RecoveryItem(run_id=run.run_id, run_dir=rel_dir, reason=RecoveryReason.CANCELLED)
-    except RunFolderError as exc:
-        return RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
-    try:
+        if run.run_id in candidate_ids:
+            raise RunFolderError(
+                RecoverySkipError.CORRUPT_RUN_JSON,
+                f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
+            )
         request = decode_request(folder.read(REQUEST_JSON)) if REQUEST_JSON in folder else None
     except RunFolderError as exc:
-        skip = RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
-        return _Recoverable(run.run_id, skip)
-    return _Recoverable(run.run_id, entry_from_files(folder.name, run, mtime_ns, request, result))
+        return RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
+    return entry_from_files(folder.name, run, mtime_ns, request, result)
 
 
 def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip:
