@@ -42,31 +42,35 @@ METHOD = """\
   that the quick mode still runs.
 """
 
-# Figure number -> why its goal is missed and the plan, rendered only while it is missed.
+# Figure number -> why its goal is missed (with the measurement that shows it) and the
+# plan, rendered only while it is missed. Figures 3 and 10 met their goals once the cancel
+# intent moved to the journal; their entries say what remains should a noisy run miss.
 MISSED: dict[int, str] = {
     1: """\
-**Why.** `python -X importtime` and cProfile of `runforgectl ping`, beyond the floor
-(medians of 30 runs): `protocol.messages` ~5 ms (creating some sixty msgspec Structs),
-argparse building all 25 subcommand parsers ~3-4 ms (28 `ArgumentParser`s; each help
-string goes through `gettext`, which probes the filesystem for translations),
-`subprocess`/`signal`/`selectors` ~2.5 ms and `shutil` with its compression modules
-~2 ms (imported at the top of `runforgectl/__main__.py` for `daemon start`,
-`install-service` and `sample-data` only), `argparse`/`locale`/`gettext` imports ~2.5 ms.
-`hashlib` (OpenSSL, ~3 ms, via `protocol.events`) and `tempfile` (via
-`protocol.discovery`) were already moved to where they are used (commit
-"protocol: import hashlib and tempfile where used").
+**Why.** `python -X importtime` and cProfile of `runforgectl ping` against a running
+daemon (medians of 10 runs), beyond the floor: `protocol.messages` ~4.7 ms (creating
+some sixty msgspec Structs), `protocol.discovery` ~2 ms, and argparse: building all 25
+subcommand parsers (~3-4 ms without the profiler; 82 help strings each go through
+`gettext`, which probes the filesystem for translations, and `locale` is imported for
+it, ~1.3 ms), plus `shutil` with its compression modules (~2 ms), which argparse itself
+imports the first time `add_argument` builds a help formatter. The round trip to the
+daemon is ~1 ms of the whole.
 
-**Plan (in `runforgectl/__main__.py`).** (1) Import `subprocess`, `shutil`, `signal` and
-`runforgectl.follow` inside the commands that use them. (2) Build only the requested
-subcommand's parser: look at the first non-option argument and, when it names a known
-command, add that one subparser (the full parser only for `--help` or an unknown
-command). Measured on a copy with both changes: `ping` went from 1.40× to 1.30× the
-floor.
+**Done.** `subprocess`, `shutil`, `signal` and `runforgectl.follow` are imported inside
+the commands that use them (`runforgectl/__main__.py`), and earlier `hashlib` and
+`tempfile` in `protocol` (commit "protocol: import hashlib and tempfile where used").
+`runforgectl ping` went from 1.44× to about 1.39× the floor.
+
+**Plan (in `runforgectl/__main__.py`).** Build only the requested subcommand's parser:
+look at the first non-option argument and, when it names a known command, add that one
+subparser (the full parser only for `--help` or an unknown command). That removes most
+of the argparse and `gettext` work above (~3 ms: about 0.05× the floor, enough for
+≤ 1.3×); `shutil` stays as long as argparse formats help.
 
 **What cannot be met this way.** On this machine the floor itself (`python -c "import
 zmq, msgspec"`) is ~0.65× `supervisorctl status` and ~0.45-0.5× `circusctl status`:
-`import msgspec` costs ~23 ms (it pulls in `typing_extensions` and `inspect`) and `import
-zmq` ~24 ms over a bare interpreter (~24 ms). So ≤ 0.6× supervisorctl is out of reach
+`import msgspec` costs ~16 ms (it pulls in `typing_extensions` and `inspect`) and `import
+zmq` ~14 ms over a bare interpreter (~23 ms). So ≤ 0.6× supervisorctl is out of reach
 for any client that imports pyzmq and msgspec. Meeting it needs a client fast path that
 imports neither for one-shot commands (`ping`, `status`, `cancel --no-wait`): ZMTP 3.0
 (NULL mechanism) over the unix socket with the standard library's `socket`, and a small
@@ -76,63 +80,94 @@ Note also that every Python process in this virtualenv pays ~10 ms in `site` for
 editable install's import hook (`__editable___runforge_*_finder`); a regular install
 does not, which lowers the floor and the peers alike.""",
     3: """\
-**Why.** The cancel handler makes the cancel intent durable before it signals: it
-rewrites `<state dir>/inflight/<run_id>.json` with `write_bytes_atomic` (create a temp
-file, write, fsync, rename, fsync the directory) and only then sends SIGTERM. Moving
-only the state directory to tmpfs (same code, no real fsync) takes the p50 from 2.3 ms to
-1.1-1.3 ms: the durable write is half of the latency on this machine's disk. The rest is
-the ipc hop, the handler running as an asyncio task, the `cancel_requested` event (file
-append and publish), the JSON log line, `pidfd_open` plus the identity check, and the
-trainer's interpreter reaching its Python-level handler.
+**Done.** The cancel intent used to be an atomic rewrite of the run's in-flight record
+(temp file, fsync, rename, directory fsync) before the SIGTERM: half of the 2.2-2.3 ms
+p50 on this disk. It is now one line appended to `<state dir>/cancel-intents.log`, kept
+open, and one `fdatasync` (`runforged/intents.py`), still before the signal; the p50
+dropped to ~1.6 ms.
 
-**Plan (in `runforged/supervisor.py`, `cancel`).** Keep "intent durable before the
-signal", at a lower price: at spawn, create the run's in-flight record and keep its
-descriptor open; on cancel, append one fixed-size "cancel requested" line and
-`os.fdatasync` it (no temp file, no rename, no directory fsync), then signal;
-reconciliation reads the last complete line. Alternatively signal first and persist
-right after in a worker thread, accepting that a daemon crash in that millisecond turns
-a marker-less forced cancel into "lost". Expected p50 ≈ 1.3-1.5 ms.""",
+**What remains.** With the state directory on tmpfs (no real sync) the same path takes
+1.1-1.3 ms: the ipc hop, the handler as an asyncio task, the `cancel_requested` event
+(file append and publish), the JSON log line, `pidfd_open` plus the identity check, and
+the trainer's interpreter reaching its Python-level handler. A miss here is the
+`fdatasync` waiting on a disk shared with other engineers' test suites; signalling
+before the intent is durable would trade the crash-safety of a forced cancel for it,
+which the design does not allow.""",
     4: """\
 **Why.** The 20 ms bound is met by a wide margin; "no worse than either peer" is not,
-against supervisord, by ~2-3 ms. The daemon log shows the SIGKILL leaving ~1 ms after the
-deadline: asyncio rounds the selector timeout up to whole milliseconds (epoll), then the
-deadline callback refreshes the process tree before `killpg`. The rest is the trainer's
-own exit: a SIGKILLed `rf_test_trainer` takes ~1.5 ms to disappear against ~0.9 ms for
-the peers' smaller stand-in program (measured directly, SIGKILL → pidfd readable).
+against supervisord, by a fraction of a millisecond beyond the 1 ms allowance, and the
+measurement puts the difference in the trainer's own exit, not in the daemon. Kernel
+tracepoints (`perf record -k CLOCK_MONOTONIC -e signal:signal_generate -e
+sched:sched_process_exit`, 5 rounds each, medians):
 
-**Plan (in `runforged/cancel.py` `CancelController.on_loop` and
-`runforged/supervisor.py` `_kill_tree`).** Schedule the deadline callback 2 ms early
-and sleep the remainder (`time.sleep(deadline - loop.time())`, at most 2 ms on the loop)
-so the kill leaves at the deadline to within ~0.1 ms; and at the deadline `kill_all()`
-first, then `refresh()` and `kill_all()` again for descendants not yet recorded.""",
+| | SIGTERM → handled | SIGKILL late by | SIGKILL → exit | exit → pidfd | figure |
+|---|---|---|---|---|---|
+| runforged, `rf_test_trainer` | 0.18 ms | 0.18 ms | 0.07 ms | 1.76 ms | 1.86 ms |
+| supervisord, `peer_program.py` | 0.04 ms | 0.12 ms | 0.03 ms | 1.04 ms | 1.12 ms |
+
+("SIGKILL late by": SIGKILL sent − (SIGTERM sent + 2 s); "exit": the kernel's
+`sched_process_exit`; "figure": SIGTERM handled → pidfd readable − 2 s.)
+The daemon's SIGKILL leaves within 0.2 ms of the deadline, as supervisord's does. The
+0.7 ms between the two is the process tearing down: `rf_test_trainer` (18.9 MiB RSS,
+pipes to the daemon) takes 1.3 ms from SIGKILL to pidfd readable when killed directly,
+`peer_program.py` (11.3 MiB) 0.8 ms.
+
+**Done.** The deadline used to fire ~1 ms late (asyncio rounds selector timeouts up to
+whole milliseconds) and the process tree was refreshed before the kill: the callback is
+now scheduled 2 ms early and sleeps the remainder (`runforged/cancel.py`
+`_call_at_precisely`), and `_kill_tree` kills first, then refreshes the tree and kills
+any descendant it had not recorded (`runforged/supervisor.py`).
+
+**Plan (in `benchmarks/`).** Nothing left to gain in the daemon. Make the comparison
+like for like: have circus and supervisor supervise `rf_test_trainer` in
+`sigterm_probe` mode too (the same program, environment and size) instead of the
+smaller stand-in, so that the figure compares the supervisors only.""",
     6: """\
-**Why.** The delivered rate is the CPU the daemon gets on two shared cores. py-spy of
-the daemon during a flood: ~45% of its samples in `Socket.send` (pyzmq `send_multipart`
-to the XPUB, which wakes the I/O thread), ~10% appending the event to events.jsonl, the
-rest parsing and stamping. The daemon spends ~12-14 µs of CPU per relayed event, all
-threads included (the table's context row): ~75,000 events/s on a core of its own, but
-the four subscribers (one Python process) and the trainer share the same two cores, and
-so do other people's test suites on this machine.
+**Done.** The publisher sends the topic and the event with two `send` calls and
+precomputed integer flags instead of `send_multipart` (`runforged/server.py`
+`EventPublisher.send`): the daemon's CPU per relayed event as fast as possible went from
+~12 µs to ~7 µs, all threads included (the table's context row).
 
-The p99 latency at a fixed 10,000 events/s needs only ~45% of one core for trainer,
-daemon and subscribers together, and met the goal in quieter runs (1.3 ms and 3.8 ms in
-the two full runs before this one); when it is missed, the tail is the daemon or a
-subscriber waiting for a core the other engineers' test suites hold (load average above
-the core count).
+**Why the rate is still short.** The daemon is no longer the slowest stage. In the
+as-fast-as-possible run the trainer wrote 200,000 events at ~63,000/s, and the four
+subscribers (one Python process: `recv_multipart` and a timestamp per message, 800,000
+messages) finished their last message 0.3-1.1 s after the trainer's last write, the
+slowest setting the delivered rate: trainer (~one core), daemon (~0.4 core at 7 µs per
+event) and subscribers (~one core) need more than the two cores they share with the
+other engineers' test suites.
 
-**Plan (in `runforged/server.py`, `EventPublisher.send`).** Send the two frames with two
-`send` calls and precomputed integer flags (`NOBLOCK | SNDMORE`, then `NOBLOCK`) instead
-of `send_multipart`, which builds enum flags in Python for every frame: measured
-3.9 → 2.5 µs of CPU per event with four subscribers connected.""",
+**Why the p99 at 10,000 events/s misses.** At a fixed rate the trainer writes one event
+per `write`, so every event is a wake-up of its own, not a batch: measured over one run
+(psutil CPU times, py-spy of the daemon), the daemon spent ~59 µs of CPU per event (55%
+of a core; its main thread ~60% of that, of which ~48% of py-spy's samples in
+`Socket.send`, which wakes ZeroMQ's I/O thread; the I/O thread the other ~40%), the
+subscribers' process ~70% of a core and the trainer ~22%: ~1.45 cores of the 2 while
+the load average was 1.75-1.98. The p99 is waiting for a core, the four subscribers'
+values rising in the order the subscribers' process serves them; in the first full run,
+on a quieter machine, it was 3.0-3.8 ms.
+
+**Plan.** The daemon's per-event cost at low rates is its wake-ups (the pipe read, the
+file append, the hand-over to ZeroMQ's I/O thread), which batching cannot remove without
+adding latency. The goals need CPU headroom: measure on an otherwise idle machine, or
+with the subscribers in a compiled client; on the daemon side, the next cut is the
+per-event file append (buffer events.jsonl writes within one loop iteration).""",
     10: """\
-**Why.** The cancels are served one after the other, each making its intent durable
-(one atomic, fsync'd in-flight record, ~1.3 ms here, see figure 3) before its SIGTERM.
-The daemon log of one round: the 32 SIGTERMs went out between 3 ms and 45 ms after the
-first cancel was sent, so the 32 deadlines (and deaths) are spread over the same
-~45 ms; the last death comes at 2.05-2.10 s.
+**Done.** The 32 cancels used to make their intents durable one after the other (an
+atomic, fsync'd in-flight record each, ~1.3 ms), so the SIGTERMs, and the deadlines,
+were spread over ~45 ms and the last death came at 2.05-2.10 s. The intents now go to
+the append-only journal (`runforged/intents.py`): cancels that arrive in the same loop
+iteration share one write and one `fdatasync`, then each run is signalled; all 32 are
+dead ~2.04 s after the first cancel.
 
-**Plan (in `runforged/supervisor.py`).** Group commit: cancels decoded in the same loop
-iteration record their intents together (one fsync'd write per run file in a worker
-thread, or the append-and-fdatasync journal of figure 3), then signal all. Expected:
-all SIGTERMs within a few ms, all dead ≈ 2.01 s.""",
+**What remains.** Kernel tracepoints of one round (`perf record -e
+signal:signal_generate -e sched:sched_process_exit -e syscalls:sys_enter_fdatasync`,
+times from the first cancel sent): one `fdatasync` at 2.9 ms for all 32 intents, the 32
+SIGTERMs between 3.6 and 10.7 ms, but the SIGKILLs between 2003.8 and 2042.1 ms and the
+last death at 2042.5 ms. The deadlines are 7 ms apart, the kills 38 ms: the loop
+serves one deadline at a time (SIGKILL, then the tree refresh through `/proc`, the
+`cancel_escalated` event and its log line), ~1.2 ms apart, on the same two cores that
+are tearing down the trainers already killed (~1.5 ms of kernel exit work each, see
+figure 4). Plan (in `runforged/supervisor.py`): when a deadline fires, SIGKILL every
+run whose deadline has passed, and only then refresh the trees and publish; the deaths
+are then bounded by the kernel's exit work, ~32 × 1.5 ms over two cores (≈ 2.03 s).""",
 }

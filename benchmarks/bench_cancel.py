@@ -23,13 +23,16 @@ SIGTERM_FILE = "sigterm_received"
 
 SIGTERM_LIMITS = (
     "From the client's send to the trainer's signal handler: one ipc hop, decoding, the "
-    "cancel handler (which makes the cancel intent durable, an fsync'd in-flight record, "
-    "before it signals), kill(2), and the trainer's interpreter running its Python-level "
-    "handler at the next bytecode boundary."
+    "cancel handler (which makes the cancel intent durable before it signals: one line "
+    "appended to the cancel-intent journal and one fdatasync), the signal through a pidfd, "
+    "and the trainer's interpreter running its Python-level handler at the next bytecode "
+    "boundary."
 )
 GRACE_LIMITS = (
-    "Timer precision of the asyncio loop (the deadline is armed when SIGTERM is sent) plus "
-    "the SIGKILL of the process tree; SIGTERM is timed where the trainer handled it and "
+    "The deadline timer (armed when SIGTERM is sent; it wakes 2 ms early and sleeps the "
+    "rest, since asyncio rounds its waits up to whole milliseconds), the SIGKILL of the "
+    "process tree (killed first, the tree refreshed after), and the killed trainer's own "
+    "exit; SIGTERM is timed where the trainer handled it and "
     "death where its pidfd became readable. The trainer (rf_test_trainer's `sigterm_probe`, "
     "with a 30 s flush) and the peers' program both catch SIGTERM and carry on."
 )
@@ -39,9 +42,10 @@ CLI_CANCEL_LIMITS = (
     "trainer, drains its pipes, writes result.json atomically) and prints the state."
 )
 MANY_LIMITS = (
-    "The grace itself (2 s) plus one asyncio timer per run firing at its deadline and each "
-    "SIGKILLing its run's process tree, serialised on the daemon's loop; 32 Python "
-    "trainers on 2 cores."
+    "The grace itself (2 s); the 32 cancel intents, which cancels arriving together make "
+    "durable with one shared journal write and fdatasync before their SIGTERMs; then one "
+    "deadline timer per run, each SIGKILLing its run's process tree, serialised on the "
+    "daemon's loop; 32 Python trainers on 2 cores."
 )
 
 
