@@ -128,13 +128,14 @@ precomputed integer flags instead of `send_multipart` (`runforged/server.py`
 `EventPublisher.send`): the daemon's CPU per relayed event as fast as possible went from
 ~12 µs to ~7 µs, all threads included (the table's context row).
 
-**Why the rate is still short.** The daemon is no longer the slowest stage. In the
-as-fast-as-possible run the trainer wrote 200,000 events at ~63,000/s, and the four
-subscribers (one Python process: `recv_multipart` and a timestamp per message, 800,000
-messages) finished their last message 0.3-1.1 s after the trainer's last write, the
-slowest setting the delivered rate: trainer (~one core), daemon (~0.4 core at 7 µs per
-event) and subscribers (~one core) need more than the two cores they share with the
-other engineers' test suites.
+**Why the rate is still short.** The daemon is no longer the slowest stage: the
+benchmark's own subscriber side is. CPU times of one as-fast-as-possible run (psutil,
+200,000 events): the trainer 0.14 s (many events per write; it waits on the pipe), the
+daemon 1.5 s (7.6 µs per event), the subscribers' process 4.3 s — one Python thread
+calling `recv_multipart` and taking a timestamp for 800,000 messages, then decoding them
+for the report. In the suite's run the trainer wrote its last event ~3.2 s after its
+first and the slowest subscriber held it up to ~1 s later; that subscriber sets the
+delivered rate.
 
 **Why the p99 at 10,000 events/s misses.** At a fixed rate the trainer writes one event
 per `write`, so every event is a wake-up of its own, not a batch: measured over one run
@@ -146,11 +147,12 @@ the load average was 1.75-1.98. The p99 is waiting for a core, the four subscrib
 values rising in the order the subscribers' process serves them; in the first full run,
 on a quieter machine, it was 3.0-3.8 ms.
 
-**Plan.** The daemon's per-event cost at low rates is its wake-ups (the pipe read, the
-file append, the hand-over to ZeroMQ's I/O thread), which batching cannot remove without
-adding latency. The goals need CPU headroom: measure on an otherwise idle machine, or
-with the subscribers in a compiled client; on the daemon side, the next cut is the
-per-event file append (buffer events.jsonl writes within one loop iteration).""",
+**Plan.** In `benchmarks/`: run each subscriber in its own process, as editors are,
+so that one Python thread does not receive for all four (on two cores this helps only
+when the machine has a core to spare). In the daemon: its per-event cost at a low rate
+is its wake-ups (the pipe read, the events.jsonl append, the hand-over to ZeroMQ's I/O
+thread), which batching cannot remove without adding latency; the p99 goal needs CPU
+headroom, which the shared machine does not give while other suites run.""",
     10: """\
 **Done.** The 32 cancels used to make their intents durable one after the other (an
 atomic, fsync'd in-flight record each, ~1.3 ms), so the SIGTERMs, and the deadlines,
