@@ -29,7 +29,8 @@ LIMITS = (
     "and check the event, stamp it, append it to events.jsonl, MessagePack-encode it and "
     "hand it to ZeroMQ (which copies it to each subscriber in its I/O thread). The trainer, "
     "the daemon and the four subscribers (one Python process here) share two cores, so "
-    "the relay rate is bounded by the CPU left to the daemon."
+    "the delivered rate is bounded by the CPU each of them gets and set by the slowest: "
+    "since the daemon's sends got cheaper, the subscribers' one Python thread."
 )
 
 
