@@ -650,7 +650,51 @@ def cmd_sample_data(ctx: Context) -> int:
 # ---------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = frozenset(
+    {
+        "ping",
+        "status",
+        "daemon",
+        "trust",
+        "untrust",
+        "settings",
+        "train",
+        "cancel",
+        "recover",
+        "runs",
+        "show",
+        "metrics",
+        "feature-importance",
+        "coefficients",
+        "interpretability",
+        "export-md",
+        "inspect-dataset",
+        "inspect-artifact",
+        "active",
+        "events",
+        "bridge",
+        "sample-data",
+    }
+)
+_OPTIONS_WITH_VALUE = ("--runtime-dir", "--timeout")
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The command named on the command line, if it is a known one."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _OPTIONS_WITH_VALUE:
+            skip = True
+        elif not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``only``) the top level plus that one command: building
+    every subcommand costs several milliseconds of each run's start-up."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
@@ -684,26 +728,16 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, fn: Any, help: str, parents: list[argparse.ArgumentParser] | None = None
     ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return argparse.ArgumentParser(add_help=False)  # not registered: never parsed
         p = sub.add_parser(name, help=help, parents=[common, *(parents or [])])
         p.set_defaults(fn=fn)
         return p
 
     add("ping", cmd_ping, "check that the daemon answers")
     add("status", cmd_status, "daemon status (with --workspace: settings, interpreter, GPU)", [ws])
-    daemon = sub.add_parser("daemon", help="start, stop or install the daemon", parents=[common])
-    dsub = daemon.add_subparsers(dest="daemon_command", required=True, metavar="ACTION")
-    for name, fn, help_text in (
-        ("start", cmd_daemon_start, "start the daemon in the background"),
-        ("stop", cmd_daemon_stop, "stop the daemon (cancels in-flight runs gracefully)"),
-    ):
-        dsub.add_parser(name, help=help_text, parents=[common]).set_defaults(fn=fn)
-    install = dsub.add_parser(
-        "install-service", help="write the systemd user unit", parents=[common]
-    )
-    install.add_argument(
-        "--dest", help="unit file path (default: ~/.config/systemd/user/runforged.service)"
-    )
-    install.set_defaults(fn=cmd_daemon_install_service)
+    if only in (None, "daemon"):
+        _add_daemon_commands(sub, common)
 
     p = add("trust", cmd_trust, "trust a workspace folder (and everything beneath it)")
     p.add_argument("path", nargs="?")
@@ -759,9 +793,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_daemon_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    daemon = sub.add_parser("daemon", help="start, stop or install the daemon", parents=[common])
+    dsub = daemon.add_subparsers(dest="daemon_command", required=True, metavar="ACTION")
+    for name, fn, help_text in (
+        ("start", cmd_daemon_start, "start the daemon in the background"),
+        ("stop", cmd_daemon_stop, "stop the daemon (cancels in-flight runs gracefully)"),
+    ):
+        dsub.add_parser(name, help=help_text, parents=[common]).set_defaults(fn=fn)
+    install = dsub.add_parser(
+        "install-service", help="write the systemd user unit", parents=[common]
+    )
+    install.add_argument(
+        "--dest", help="unit file path (default: ~/.config/systemd/user/runforged.service)"
+    )
+    install.set_defaults(fn=cmd_daemon_install_service)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser(requested_command(arguments))
+    args = parser.parse_args(arguments)
     args.json = getattr(args, "json", False)
     args.timeout = getattr(args, "timeout", 10.0)
     args.runtime_dir = getattr(args, "runtime_dir", None)

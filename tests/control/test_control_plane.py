@@ -411,3 +411,21 @@ def test_start_flag_starts_the_daemon_for_interactive_use(
     assert again.returncode == 0 and "started" not in again.stderr
     assert daemon.ctl("daemon", "stop").returncode == 0
     daemon.assert_clean_runtime_dir()
+
+
+def test_every_command_is_known_to_the_fast_parser() -> None:
+    """runforgectl builds only the named command's parser; the list it checks must be the
+    full parser's list of commands, or a command would silently lose its options."""
+    import argparse
+
+    from runforgectl.__main__ import COMMANDS, build_parser, requested_command
+
+    full = build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == COMMANDS
+    assert requested_command(["--timeout", "3", "train", "--seed", "1"]) == "train"
+    assert requested_command(["--json", "nosuch"]) is None
+    for name in COMMANDS:
+        only = build_parser(name)
+        sub = next(a for a in only._actions if isinstance(a, argparse._SubParsersAction))
+        assert list(sub.choices) == [name]
