@@ -57,17 +57,12 @@ its help formatter. The request itself, connect included, is under 1 ms.
 
 **Done.** `subprocess`, `shutil`, `signal` and `runforgectl.follow` are imported inside
 the commands that use them (`runforgectl/__main__.py`), and earlier `hashlib` and
-`tempfile` in `protocol` (commit "protocol: import hashlib and tempfile where used").
-`runforgectl ping` went from 1.44× to 1.38× the floor.
-
-**Plan (in `runforgectl/__main__.py`).** Build only the requested subcommand's parser:
-look at the first non-option argument and, when it names a known command, add that one
-subparser (the full parser only for `--help` or an unknown command). Timed in-process
-(5 runs): `build_parser()` takes 6.9-7.7 ms, of which ~2 ms is argparse importing
-`shutil`; a parser with one subcommand takes ~0.3 ms once `shutil` is in. Saving
-~4.5 ms of the 76 ms puts `ping` at ~1.30× the floor: the goal's edge, so the next
-cut is `protocol.messages` (~4.7 ms), e.g. a module of its own for the few messages
-the one-shot commands use.
+`tempfile` in `protocol` (commit "protocol: import hashlib and tempfile where used");
+then `runforgectl` builds only the named command's parser (the full one only for
+`--help` or an unknown command; a test keeps the command list in step with the full
+parser). `runforgectl ping` went from 1.44× to 1.38×, then to ~1.30-1.32× the floor: the
+goal's edge. The next cut is `protocol.messages` (~4.7 ms), e.g. a module of its own for
+the few messages the one-shot commands use.
 
 **What cannot be met this way.** On this machine the floor itself (`python -c "import
 zmq, msgspec"`) is ~0.65× `supervisorctl status` and ~0.45-0.5× `circusctl status`:
