@@ -101,6 +101,11 @@ def spawned() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
         yield token, started
     finally:
         leftovers = []
+        for proc in started:
+            # Direct children first, by handle: an environ scan can miss a process caught
+            # mid-exec, and this test's own children must not outlive it.
+            if proc.poll() is None:
+                proc.kill()
         for process in psutil.process_iter():
             try:
                 if process.environ().get(CLEANUP_TOKEN_ENV) == token:
