@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import select
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,16 @@ class Bridge:
             stderr=subprocess.PIPE,
             text=True,
         )
+        # A thread reads the lines: select() on a buffered pipe would miss lines that an
+        # earlier readline() already pulled into the buffer.
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_lines, daemon=True)
+        self._reader.start()
+
+    def _read_lines(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
 
     def send(self, line: dict[str, Any] | str) -> None:
         assert self.proc.stdin is not None
@@ -31,10 +42,10 @@ class Bridge:
         self.proc.stdin.flush()
 
     def read(self, timeout: float = 30) -> Any:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, "the bridge printed nothing"
-        return json.loads(self.proc.stdout.readline())
+        try:
+            return json.loads(self.lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError("the bridge printed nothing") from None
 
     def reply(self, request_id: str) -> Any:
         while True:
@@ -45,7 +56,9 @@ class Bridge:
     def close(self) -> int:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        return self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=30)
+        self._reader.join(timeout=30)
+        return code
 
 
 @pytest.fixture
