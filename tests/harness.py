@@ -173,6 +173,14 @@ class DaemonProcess:
             self.proc.wait()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as dead)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def marked_processes() -> list[psutil.Process]:
     """Every live process started by this test session (by its environment marker)."""
     found = []
@@ -222,3 +230,54 @@ def trainer_workspace(
     (workspace / ".vscode" / "settings.json").write_text(json.dumps(document))
     daemon.ctl("trust", str(workspace), check=True)
     return workspace
+
+
+# ---------------------------------------------------------------- what a run leaves on disk
+
+
+def run_dir(workspace: Path, run_id: str) -> Path:
+    return workspace / ".ml" / "runs" / run_id
+
+
+def index_path(workspace: Path) -> Path:
+    return workspace / ".ml" / "outputs" / "index.json"
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def events_on_disk(workspace: Path, run_id: str) -> list[dict[str, Any]]:
+    return json_lines((run_dir(workspace, run_id) / "events.jsonl").read_text())
+
+
+def index_ids(workspace: Path) -> list[str]:
+    """Run ids in the workspace index, in file order ([] when there is no index)."""
+    path = index_path(workspace)
+    return [entry["run_id"] for entry in read_json(path)["runs"]] if path.exists() else []
+
+
+def wait_result(workspace: Path, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The daemon's result.json of a run once it is terminal (written once the index
+    update, if any, is done)."""
+    path = run_dir(workspace, run_id) / "result.json"
+
+    def terminal() -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        events = events_on_disk(workspace, run_id)
+        return read_json(path) if any(e["type"] == "run_terminal" for e in events) else None
+
+    result: dict[str, Any] = wait_for(terminal, timeout=timeout, interval=0.05)
+    return result
+
+
+def start_detached(daemon: DaemonProcess, workspace: Path, *args: str) -> str:
+    """``runforgectl train --detach``: the new run's id."""
+    reply = daemon.ctl_json("train", "--workspace", str(workspace), "--detach", *args)
+    run_id: str = reply["run"]["run_id"]
+    return run_id

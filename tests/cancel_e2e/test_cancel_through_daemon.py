@@ -10,63 +10,32 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
 from tests.contracts import validate
-from tests.harness import DaemonProcess, trainer_workspace, wait_for
+from tests.harness import (
+    DaemonProcess,
+    alive,
+    events_on_disk,
+    index_ids,
+    json_lines,
+    run_dir,
+    start_detached,
+    trainer_workspace,
+    wait_for,
+    wait_result,
+)
 
 EXIT_FORCED = 10
 EXIT_COMPLETED_DESPITE_CANCEL = 11
 EXIT_CANCELLED_GRACEFUL_TRAIN = 13
 
 
-def start_run(daemon: DaemonProcess, workspace: Path, *args: str) -> str:
-    result = daemon.ctl_json("train", "--workspace", str(workspace), "--detach", *args)
-    run_id: str = result["run"]["run_id"]
-    return run_id
-
-
-def run_dir(workspace: Path, run_id: str) -> Path:
-    return workspace / ".ml" / "runs" / run_id
-
-
 def wait_trainer_ready(workspace: Path, run_id: str) -> int:
     pid_file = run_dir(workspace, run_id) / "trainer.pid"
     wait_for(pid_file.exists, timeout=60)
     return int(pid_file.read_text().strip())
-
-
-def result_of(workspace: Path, run_id: str) -> dict[str, Any]:
-    path = run_dir(workspace, run_id) / "result.json"
-    wait_for(path.exists, timeout=60)
-    document: dict[str, Any] = json.loads(path.read_text())
-    return document
-
-
-def events_of(workspace: Path, run_id: str) -> list[dict[str, Any]]:
-    path = run_dir(workspace, run_id) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def index_ids(workspace: Path) -> list[str]:
-    path = workspace / ".ml" / "outputs" / "index.json"
-    if not path.exists():
-        return []
-    return [entry["run_id"] for entry in json.loads(path.read_text())["runs"]]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def cancel_json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -82,13 +51,13 @@ def test_graceful_trainer_leaves_marker_and_is_cancelled_gracefully(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="graceful", RF_TEST_FLUSH_S="2")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5")
     assert result.returncode == 0, result.stderr
     assert "cancelled_graceful" in result.stdout
     assert "Cancelling" in result.stdout
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_graceful"
     assert outcome["cancel_requested"] is True
     assert outcome["partial_artifacts"], outcome
@@ -96,10 +65,10 @@ def test_graceful_trainer_leaves_marker_and_is_cancelled_gracefully(
     validate("cancelled.schema.v1.0.0.json", marker)
     assert marker["run_id"] == run_id
     assert run_id not in index_ids(ws)  # a cancelled run is never indexed
-    kinds = [e["type"] for e in events_of(ws, run_id)]
+    kinds = [e["type"] for e in events_on_disk(ws, run_id)]
     assert kinds.index("cancel_requested") < kinds.index("cancelling")
     assert kinds.index("cancelling") < kinds.index("run_cancelled") < kinds.index("run_terminal")
-    terminal = events_of(ws, run_id)[-1]
+    terminal = events_on_disk(ws, run_id)[-1]
     assert terminal["type"] == "run_terminal"
     assert terminal["data"]["partial_artifacts"] == outcome["partial_artifacts"]
     shown = daemon.ctl_json("show", run_id, "--workspace", str(ws))
@@ -110,11 +79,11 @@ def test_graceful_trainer_leaves_marker_and_is_cancelled_gracefully(
 def test_marker_with_stderr_closed_is_graceful(make_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = make_daemon(RF_TEST_MODE="marker_no_stderr")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5")
     assert result.returncode == 0, result.stdout + result.stderr
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_graceful"
     assert ".cancelled marker" in outcome["reason"]
 
@@ -124,11 +93,11 @@ def test_failed_marker_write_but_run_cancelled_event_is_graceful(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="marker_fails_event")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5")
     assert result.returncode == 0, result.stdout + result.stderr
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_graceful"
     assert "run_cancelled" in outcome["reason"]
 
@@ -138,16 +107,16 @@ def test_trainer_ignoring_sigterm_is_killed_at_the_deadline_with_countdown(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     pid = wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "3", "--json")
     assert result.returncode == EXIT_FORCED, result.stdout + result.stderr
-    streamed = [e["type"] for e in cancel_json_lines(result)]
+    streamed = [e["type"] for e in json_lines(result.stdout)]
     assert "cancel_escalated" in streamed and streamed[-1] == "run_terminal"
     assert not alive(pid)
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_forced"
-    events = events_of(ws, run_id)
+    events = events_on_disk(ws, run_id)
     countdown = [e["data"]["seconds_remaining"] for e in events if e["type"] == "cancel_countdown"]
     assert countdown == [3, 2, 1]
     kinds = [e["type"] for e in events]
@@ -162,18 +131,18 @@ def test_trainer_ignoring_sigterm_is_killed_at_the_deadline_with_countdown(
 def test_grace_zero_kills_at_once(make_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     pid = wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "0")
     assert result.returncode == EXIT_FORCED, result.stdout + result.stderr
     assert not alive(pid)
-    assert result_of(ws, run_id)["state"] == "cancelled_forced"
+    assert wait_result(ws, run_id)["state"] == "cancelled_forced"
 
 
 def test_no_process_of_the_tree_survives(make_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = make_daemon(RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="4")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     tree_file = run_dir(ws, run_id) / "tree.json"
     wait_for(tree_file.exists, timeout=60)
     tree = json.loads(tree_file.read_text())
@@ -184,7 +153,7 @@ def test_no_process_of_the_tree_survives(make_daemon: Callable[..., DaemonProces
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "1")
     assert result.returncode == EXIT_FORCED, result.stdout + result.stderr
     wait_for(lambda: not any(alive(p) for p in pids), timeout=10)
-    assert result_of(ws, run_id)["state"] == "cancelled_forced"
+    assert wait_result(ws, run_id)["state"] == "cancelled_forced"
 
 
 def test_workers_that_outlive_a_graceful_trainer_are_killed_with_it(
@@ -194,7 +163,7 @@ def test_workers_that_outlive_a_graceful_trainer_are_killed_with_it(
         RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3", RF_TEST_TRAINER_TERM="exit"
     )
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     tree_file = run_dir(ws, run_id) / "tree.json"
     wait_for(tree_file.exists, timeout=60)
     tree = json.loads(tree_file.read_text())
@@ -202,7 +171,7 @@ def test_workers_that_outlive_a_graceful_trainer_are_killed_with_it(
     time.sleep(0.6)
     daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "10")
     wait_for(lambda: not any(alive(p) for p in workers), timeout=15)
-    assert result_of(ws, run_id)["state"] in ("cancelled_forced", "cancelled_graceful")
+    assert wait_result(ws, run_id)["state"] in ("cancelled_forced", "cancelled_graceful")
 
 
 def test_training_that_wins_the_race_is_completed_and_indexed(
@@ -210,11 +179,11 @@ def test_training_that_wins_the_race_is_completed_and_indexed(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="finish_on_cancel")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5")
     assert result.returncode == EXIT_COMPLETED_DESPITE_CANCEL, result.stdout + result.stderr
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "completed" and outcome["cancel_requested"] is True
     wait_for(lambda: run_id in index_ids(ws), timeout=30)
     assert index_ids(ws).count(run_id) == 1
@@ -223,18 +192,18 @@ def test_training_that_wins_the_race_is_completed_and_indexed(
 def test_cancel_of_a_queued_run_never_spawns_it(make_daemon: Callable[..., DaemonProcess]) -> None:
     daemon = make_daemon(RF_TEST_MODE="graceful")
     ws = trainer_workspace(daemon)
-    first = start_run(daemon, ws)
-    second = start_run(daemon, ws)
+    first = start_detached(daemon, ws)
+    second = start_detached(daemon, ws)
     active = daemon.ctl_json("active", "--workspace", str(ws))["runs"]
     states = {r["run_id"]: r["state"] for r in active}
     assert states[second] == "queued"
     result = daemon.ctl("cancel", second, "--workspace", str(ws))
     assert result.returncode == 0, result.stderr
-    outcome = result_of(ws, second)
+    outcome = wait_result(ws, second)
     assert outcome["state"] == "cancelled_graceful"
     assert "never started" in outcome["reason"]
     assert not (run_dir(ws, second) / "trainer.pid").exists()
-    kinds = [e["type"] for e in events_of(ws, second)]
+    kinds = [e["type"] for e in events_on_disk(ws, second)]
     assert "run_spawned" not in kinds and kinds[-1] == "run_terminal"
     wait_trainer_ready(ws, first)
     daemon.ctl("cancel", first, "--workspace", str(ws), "--grace", "5", check=True)
@@ -247,7 +216,7 @@ def test_double_cancel_reports_the_cancel_in_progress_without_rearming(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     first = daemon.ctl_json("cancel", run_id, "--workspace", str(ws), "--grace", "4", "--no-wait")
     assert first["already_cancelling"] is False
@@ -260,8 +229,8 @@ def test_double_cancel_reports_the_cancel_in_progress_without_rearming(
         "cancel", run_id, "--workspace", str(ws), "--grace", "0.5", "--no-wait"
     )
     assert shorter["deadline_in_s"] <= 0.5
-    assert result_of(ws, run_id)["state"] == "cancelled_forced"
-    kinds = [e["type"] for e in events_of(ws, run_id)]
+    assert wait_result(ws, run_id)["state"] == "cancelled_forced"
+    kinds = [e["type"] for e in events_on_disk(ws, run_id)]
     assert kinds.count("cancel_requested") == 1
 
 
@@ -270,8 +239,8 @@ def test_cancel_of_a_finished_run_names_its_state(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="complete", RF_TEST_STEPS="1", RF_TEST_STEP_S="0")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
-    assert result_of(ws, run_id)["state"] == "completed"
+    run_id = start_detached(daemon, ws)
+    assert wait_result(ws, run_id)["state"] == "completed"
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--json")
     assert result.returncode == 1
     error = json.loads(result.stdout)
@@ -289,7 +258,7 @@ def test_cancel_errors_unknown_none_active_and_ambiguous(
     assert hostile.returncode == 1 and json.loads(hostile.stdout)["code"] == "INVALID_RUN_ID"
     none = daemon.ctl("cancel", "--workspace", str(ws), "--json")
     assert none.returncode == 1 and json.loads(none.stdout)["code"] == "NO_ACTIVE_RUN"
-    a, b = start_run(daemon, ws), start_run(daemon, ws)
+    a, b = start_detached(daemon, ws), start_detached(daemon, ws)
     wait_trainer_ready(ws, a)
     wait_trainer_ready(ws, b)
     many = daemon.ctl("cancel", "--workspace", str(ws), "--json")
@@ -299,7 +268,7 @@ def test_cancel_errors_unknown_none_active_and_ambiguous(
     for run_id in (a, b):
         daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5", "--no-wait")
     for run_id in (a, b):
-        assert result_of(ws, run_id)["state"] == "cancelled_graceful"
+        assert wait_result(ws, run_id)["state"] == "cancelled_graceful"
     assert daemon.ctl("ping").returncode == 0
 
 
@@ -308,12 +277,12 @@ def test_cancel_without_run_id_cancels_the_active_run(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="graceful")
     ws = trainer_workspace(daemon)
-    run_id = start_run(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_trainer_ready(ws, run_id)
     result = daemon.ctl("cancel", "--grace", "5", cwd=ws)
     assert result.returncode == 0, result.stdout + result.stderr
     assert run_id in result.stdout
-    assert result_of(ws, run_id)["state"] == "cancelled_graceful"
+    assert wait_result(ws, run_id)["state"] == "cancelled_graceful"
 
 
 def test_ctrl_c_while_following_train_cancels_gracefully(
@@ -340,7 +309,7 @@ def test_ctrl_c_while_following_train_cancels_gracefully(
     assert follower.returncode == EXIT_CANCELLED_GRACEFUL_TRAIN, out + err
     assert "cancelling the run gracefully" in out
     run_id = next(runs.iterdir()).name
-    assert result_of(ws, run_id)["state"] == "cancelled_graceful"
+    assert wait_result(ws, run_id)["state"] == "cancelled_graceful"
 
 
 def test_stopping_the_daemon_cancels_every_run_in_flight(
@@ -348,11 +317,11 @@ def test_stopping_the_daemon_cancels_every_run_in_flight(
 ) -> None:
     daemon = make_daemon(RF_TEST_MODE="graceful", RF_TEST_FLUSH_S="1")
     ws = trainer_workspace(daemon, settings={"runforge.maxConcurrentRuns": 3})
-    ids = [start_run(daemon, ws) for _ in range(3)]
+    ids = [start_detached(daemon, ws) for _ in range(3)]
     pids = [wait_trainer_ready(ws, run_id) for run_id in ids]
     assert daemon.stop() == 0
     for run_id in ids:
-        assert result_of(ws, run_id)["state"] == "cancelled_graceful"
+        assert wait_result(ws, run_id)["state"] == "cancelled_graceful"
     assert not any(alive(p) for p in pids)
     daemon.assert_clean_runtime_dir()
 
@@ -368,15 +337,15 @@ def test_many_stubborn_trainers_are_cancelled_in_parallel(
     )
     (daemon.config_dir).mkdir(parents=True, exist_ok=True)
     (daemon.config_dir / "config.json").write_text(json.dumps({"maxConcurrentRunsGlobal": count}))
-    ids = [start_run(daemon, ws) for _ in range(count)]
+    ids = [start_detached(daemon, ws) for _ in range(count)]
     pids = [wait_trainer_ready(ws, run_id) for run_id in ids]
     for run_id in ids:
         daemon.ctl("cancel", run_id, "--workspace", str(ws), "--no-wait", check=True)
     for run_id in ids:
-        assert result_of(ws, run_id)["state"] == "cancelled_forced"
+        assert wait_result(ws, run_id)["state"] == "cancelled_forced"
     assert not any(alive(p) for p in pids)
     for run_id in ids:
-        kinds = [e["type"] for e in events_of(ws, run_id)]
+        kinds = [e["type"] for e in events_on_disk(ws, run_id)]
         assert kinds.index("cancel_requested") < kinds.index("cancel_escalated")
 
 
@@ -401,7 +370,7 @@ def test_the_project_runner_cancelled_while_training_is_graceful(
     )
     cancel = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "10")
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
-    outcome = result_of(ws, run_id)
+    outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_graceful", outcome
     marker = json.loads((run_dir(ws, run_id) / ".cancelled").read_text())
     validate("cancelled.schema.v1.0.0.json", marker)
@@ -409,7 +378,7 @@ def test_the_project_runner_cancelled_while_training_is_graceful(
     assert outcome["partial_artifacts"] == marker.get("partial_artifacts", [])
     for path in marker.get("partial_artifacts", []):
         assert (ws / path).exists(), path
-    events = events_of(ws, run_id)
+    events = events_on_disk(ws, run_id)
     kinds = [e["type"] for e in events]
     assert kinds.index("cancelling") < kinds.index("run_cancelled") < kinds.index("run_terminal")
     remaining = [e["data"]["seconds_remaining"] for e in events if e["type"] == "cancelling"]

@@ -19,7 +19,7 @@ import zmq
 
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from tests.harness import DaemonProcess, wait_for
+from tests.harness import DaemonProcess, alive, wait_for
 
 
 def raw_request(daemon: DaemonProcess, frames: list[bytes], timeout_ms: int = 5000) -> m.Reply:
@@ -61,17 +61,8 @@ def test_start_ping_status_stop_through_runforgectl(
     stopped = daemon.ctl("daemon", "stop", check=True)
     assert "stopped" in stopped.stdout
     wait_for(lambda: not (daemon.runtime_dir / "control.sock").exists())
-    assert not psutil_pid_alive(ping["pid"])
+    assert not alive(ping["pid"])
     daemon.assert_clean_runtime_dir()
-
-
-def psutil_pid_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_sigterm_stops_cleanly_and_removes_sockets_and_lock(daemon: DaemonProcess) -> None:

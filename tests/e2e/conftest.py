@@ -16,7 +16,18 @@ from typing import Any
 import pytest
 
 from runforge_runner.sample_data import BUNDLED_DIR, SMALL_NAME
-from tests.harness import DaemonProcess, trainer_workspace, wait_for
+from tests.harness import (  # noqa: F401 - re-exported to the e2e test modules
+    DaemonProcess,
+    events_on_disk,
+    index_path,
+    json_lines,
+    read_json,
+    run_dir,
+    start_detached,
+    trainer_workspace,
+    wait_for,
+    wait_result,
+)
 
 SAMPLE_CSV = BUNDLED_DIR / SMALL_NAME
 FAMILIES = ("logistic_regression", "random_forest", "linear_svc")
@@ -26,49 +37,6 @@ LINEAR_FAMILIES = ("logistic_regression", "linear_svc")
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_RUN_FAILED = 12
-
-
-def run_dir(workspace: Path, run_id: str) -> Path:
-    return workspace / ".ml" / "runs" / run_id
-
-
-def index_path(workspace: Path) -> Path:
-    return workspace / ".ml" / "outputs" / "index.json"
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def events_on_disk(workspace: Path, run_id: str) -> list[dict[str, Any]]:
-    path = run_dir(workspace, run_id) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def wait_result(workspace: Path, run_id: str, timeout: float = 120) -> dict[str, Any]:
-    """The daemon's result.json of a run once it is terminal (written once the index
-    update, if any, is done)."""
-    path = run_dir(workspace, run_id) / "result.json"
-
-    def terminal() -> dict[str, Any] | None:
-        if not path.exists():
-            return None
-        events = events_on_disk(workspace, run_id)
-        return read_json(path) if any(e["type"] == "run_terminal" for e in events) else None
-
-    result: dict[str, Any] = wait_for(terminal, timeout=timeout, interval=0.05)
-    return result
-
-
-def start_detached(daemon: DaemonProcess, workspace: Path, *args: str) -> str:
-    """``runforgectl train --detach``: the new run's id."""
-    reply = daemon.ctl_json("train", "--workspace", str(workspace), "--detach", *args)
-    run_id: str = reply["run"]["run_id"]
-    return run_id
 
 
 def error_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -10,33 +10,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 
-from tests.harness import DaemonProcess, trainer_workspace, wait_for
-
-
-def train(daemon: DaemonProcess, workspace: Path) -> str:
-    result = daemon.ctl_json("train", "--workspace", str(workspace), "--detach")
-    run_id: str = result["run"]["run_id"]
-    return run_id
-
-
-def run_dir(workspace: Path, run_id: str) -> Path:
-    return workspace / ".ml" / "runs" / run_id
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def index_ids(workspace: Path) -> list[str]:
-    path = workspace / ".ml" / "outputs" / "index.json"
-    return [e["run_id"] for e in json.loads(path.read_text())["runs"]] if path.exists() else []
+from tests.harness import (
+    DaemonProcess,
+    alive,
+    index_ids,
+    run_dir,
+    start_detached,
+    trainer_workspace,
+    wait_for,
+)
 
 
 def test_sigkilled_daemon_runs_are_classified_on_restart(
@@ -47,7 +32,7 @@ def test_sigkilled_daemon_runs_are_classified_on_restart(
     daemon.start()
     slow_ws = trainer_workspace(daemon, "slow")
     fast_ws = trainer_workspace(daemon, "fast")
-    slow = train(daemon, slow_ws)
+    slow = start_detached(daemon, slow_ws)
     wait_for((run_dir(slow_ws, slow) / "trainer.pid").exists, timeout=60)
     slow_pid = int((run_dir(slow_ws, slow) / "trainer.pid").read_text())
 
@@ -55,7 +40,7 @@ def test_sigkilled_daemon_runs_are_classified_on_restart(
     daemon.kill_hard()
     daemon.extra_env.update(RF_TEST_MODE="complete", RF_TEST_STEPS="15")
     daemon.start()
-    fast = train(daemon, fast_ws)
+    fast = start_detached(daemon, fast_ws)
     wait_for((run_dir(fast_ws, fast) / "trainer.pid").exists, timeout=60)
     fast_pid = int((run_dir(fast_ws, fast) / "trainer.pid").read_text())
     daemon.kill_hard()
@@ -89,7 +74,7 @@ def test_sigkilled_daemon_runs_are_classified_on_restart(
 def test_trainer_gone_without_result_is_lost(daemon_factory: Callable[..., DaemonProcess]) -> None:
     daemon = daemon_factory(RF_TEST_MODE="graceful", RF_TEST_STEPS="10000").start()
     ws = trainer_workspace(daemon)
-    run_id = train(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_for((run_dir(ws, run_id) / "trainer.pid").exists, timeout=60)
     pid = int((run_dir(ws, run_id) / "trainer.pid").read_text())
     daemon.kill_hard()
@@ -144,7 +129,7 @@ def test_a_stubborn_tree_left_by_a_crashed_daemon_is_killed_on_restart(
 ) -> None:
     daemon = daemon_factory(RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3").start()
     ws = trainer_workspace(daemon, settings={"runforge.cancelGraceSeconds": 1})
-    run_id = train(daemon, ws)
+    run_id = start_detached(daemon, ws)
     tree_file = run_dir(ws, run_id) / "tree.json"
     wait_for(tree_file.exists, timeout=60)
     tree = json.loads(tree_file.read_text())
@@ -165,7 +150,7 @@ def test_a_cancel_in_progress_survives_a_daemon_crash(
 ) -> None:
     daemon = daemon_factory(RF_TEST_MODE="ignore_sigterm").start()
     ws = trainer_workspace(daemon, settings={"runforge.cancelGraceSeconds": 1})
-    run_id = train(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_for((run_dir(ws, run_id) / "trainer.pid").exists, timeout=60)
     pid = int((run_dir(ws, run_id) / "trainer.pid").read_text())
     daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "60", "--no-wait", check=True)

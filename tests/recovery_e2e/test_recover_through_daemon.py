@@ -7,46 +7,29 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tests.contracts import validate
-from tests.harness import DaemonProcess, trainer_workspace, wait_for
-
-
-def train_detached(daemon: DaemonProcess, ws: Path) -> str:
-    run_id: str = daemon.ctl_json("train", "--workspace", str(ws), "--detach")["run"]["run_id"]
-    return run_id
-
-
-def wait_result(ws: Path, run_id: str) -> dict[str, Any]:
-    """The run's result.json once the run is fully settled (its terminal event written:
-    for a completed run that is after its index update)."""
-    run_dir = ws / ".ml" / "runs" / run_id
-
-    def settled() -> bool:
-        events = run_dir / "events.jsonl"
-        return events.exists() and '"type":"run_terminal"' in events.read_text()
-
-    wait_for(settled, timeout=60)
-    document: dict[str, Any] = json.loads((run_dir / "result.json").read_text())
-    return document
-
-
-def index_ids(ws: Path) -> list[str]:
-    return [e["run_id"] for e in json.loads((ws / ".ml/outputs/index.json").read_text())["runs"]]
+from tests.harness import (
+    DaemonProcess,
+    index_ids,
+    start_detached,
+    trainer_workspace,
+    wait_for,
+    wait_result,
+)
 
 
 def orphaned_workspace(daemon: DaemonProcess) -> tuple[Path, str, str]:
     """A workspace with one indexed run and one orphan made by a real failed index write
     (``.ml/outputs`` replaced by a file, which even root cannot write into)."""
     ws = trainer_workspace(daemon)
-    first = train_detached(daemon, ws)
+    first = start_detached(daemon, ws)
     assert wait_result(ws, first)["state"] == "completed"
     outputs = ws / ".ml" / "outputs"
     saved = ws / "outputs.saved"
     shutil.move(outputs, saved)
     outputs.write_text("not a directory")
-    second = train_detached(daemon, ws)
+    second = start_detached(daemon, ws)
     outcome = wait_result(ws, second)
     assert outcome["state"] == "completed" and outcome["index_status"] == "orphaned"
     outputs.unlink()
@@ -129,7 +112,7 @@ def test_cancelled_runs_stay_out_and_daemon_answers_during_recovery(
 ) -> None:
     daemon = daemon_factory(RF_TEST_MODE="graceful").start()
     ws = trainer_workspace(daemon)
-    run_id = train_detached(daemon, ws)
+    run_id = start_detached(daemon, ws)
     wait_for((ws / ".ml" / "runs" / run_id / "trainer.pid").exists, timeout=60)
     daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5", check=True)
     assert wait_result(ws, run_id)["state"] == "cancelled_graceful"
@@ -145,7 +128,7 @@ def test_corrupt_index_is_kept_aside_and_rebuilt(
 ) -> None:
     daemon = daemon_factory(RF_TEST_MODE="complete", RF_TEST_STEPS="2", RF_TEST_STEP_S="0").start()
     ws = trainer_workspace(daemon)
-    run_id = train_detached(daemon, ws)
+    run_id = start_detached(daemon, ws)
     assert wait_result(ws, run_id)["state"] == "completed"
     index = ws / ".ml" / "outputs" / "index.json"
     index.write_text('{"schema_version": "1.0.0", "runs": [')
