@@ -286,24 +286,11 @@ def cmd_settings(ctx: Context) -> int:
     return EXIT_OK
 
 
-SETTING_KEYS = (
-    "pythonPath",
-    "mlRunnerModule",
-    "datasetPath",
-    "modelFamily",
-    "profile",
-    "preset",
-    "device",
-    "cancelGraceSeconds",
-    "maxConcurrentRuns",
-    "maxConcurrentRunsGlobal",
-)
-
-
 def _print_settings(settings: dict[str, Any]) -> None:
+    # Every setting has an origin, in the daemon's own order: no key list to keep in step.
     origins = settings.get("origins", {})
     rows = []
-    for key in SETTING_KEYS:
+    for key in origins:
         origin = origins.get(key, {})
         where = origin.get("source", "default")
         if origin.get("file"):

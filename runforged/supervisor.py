@@ -26,11 +26,11 @@ from protocol.messages import Counters, Event, RunSummary
 from protocol.records import IndexErrorInfo, IndexStatus, RequestRecord, ResultRecord, RunState
 from runforge_runner.atomicio import write_bytes_atomic
 from runforged import paths
-from runforged.cancel import CancelController, read_cancelled_marker
+from runforged.cancel import CancelController, classify_terminal_state, read_cancelled_marker
 from runforged.errors import RunforgeError
 from runforged.index_writer import IndexWriters
 from runforged.intents import CancelJournal
-from runforged.proctree import ProcessIdentity, ProcessTree, boot_id
+from runforged.proctree import ProcessIdentity, ProcessTree, boot_id, is_same_live_process
 from runforged.trainer_events import InvalidEventLine, parse_line
 from runforged.trust import TrustedWorkspace
 
@@ -77,7 +77,6 @@ class InflightRecord(msgspec.Struct, kw_only=True):
     create_time: float
     boot_id: str
     started_at: str
-    cancel_requested: bool = False
     cancel_grace_s: float = 5.0
     # Every descendant seen while it ran (workers that left the process group included),
     # so that a restarted daemon can still reach them.
@@ -397,8 +396,6 @@ class RunSupervisor:
     # ------------------------------------------------------------------ the end of a run
 
     async def _finish(self, run: LiveRun, *, exit_code: int | None) -> None:
-        from runforged.cancel import classify_terminal_state
-
         marker = read_cancelled_marker(run.run_dir)
         controller = run.controller
         killed = bool(controller and controller.killed)
@@ -510,8 +507,6 @@ class RunSupervisor:
         if not already:
             run.cancel_requested = True
             run.state = RunState.CANCELLING
-            if run.inflight is not None:
-                run.inflight.cancel_requested = True
             await self._intents.record(run.run_id)  # durable before any signal
             grace = run.grace_s if grace_s is None else grace_s
             self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": grace})
@@ -570,17 +565,13 @@ class RunSupervisor:
                 log.error("inflight_record_unreadable", path=str(path), error=str(exc))
                 path.unlink(missing_ok=True)
                 continue
-            record.cancel_requested = record.cancel_requested or record.run_id in cancelled
-            state = await self._reconcile_one(record)
+            state = await self._reconcile_one(record, record.run_id in cancelled)
             outcomes.append((record.run_id, state))
             path.unlink(missing_ok=True)
         self._intents.clear()
         return outcomes
 
-    async def _reconcile_one(self, record: InflightRecord) -> RunState:
-        from runforged.cancel import classify_terminal_state
-        from runforged.proctree import is_same_live_process
-
+    async def _reconcile_one(self, record: InflightRecord, cancel_requested: bool) -> RunState:
         workspace = Path(record.workspace)
         run_dir = workspace / record.run_dir
         identity = ProcessIdentity(record.pid, record.create_time)
@@ -600,7 +591,7 @@ class RunSupervisor:
                     tree.refresh()
                     await asyncio.sleep(0.05)
                 killed = is_same_live_process(identity)
-                record.cancel_requested = True
+                cancel_requested = True
             tree.kill_all()
         seen = _events_seen(run_dir / "events.jsonl")
         marker = read_cancelled_marker(run_dir)
@@ -644,7 +635,7 @@ class RunSupervisor:
             started_at=record.started_at,
             finished_at=utc_now(),
             reason=reason,
-            cancel_requested=record.cancel_requested,
+            cancel_requested=cancel_requested,
             partial_artifacts=list(marker.partial_artifacts or []) if marker else [],
             final_metrics=_final_metrics(run_dir) if state is RunState.COMPLETED else {},
         )
