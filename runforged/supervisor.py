@@ -552,6 +552,10 @@ class RunSupervisor:
 
     async def reconcile(self) -> list[tuple[str, RunState]]:
         """Classify every run a previous daemon left in flight (call before serving)."""
+        # Private like the runtime directory: it names pids and workspaces.
+        state_dir = self._inflight_dir.parent
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
         cancelled = self._intents.recorded()
         if not self._inflight_dir.is_dir():
             self._intents.clear()

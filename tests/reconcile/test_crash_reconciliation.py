@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -156,6 +157,8 @@ def test_a_cancel_in_progress_survives_a_daemon_crash(
     daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "60", "--no-wait", check=True)
     intents = daemon.root / "state" / "cancel-intents.log"
     assert run_id in intents.read_text().split()  # durable before the SIGTERM went out
+    assert stat.S_IMODE(intents.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(intents.stat().st_mode) == 0o600
     daemon.kill_hard()
     daemon.start()
     result = json.loads((run_dir(ws, run_id) / "result.json").read_text())
