@@ -48,8 +48,8 @@ METHOD = """\
 MISSED: dict[int, str] = {
     1: """\
 **Why.** `python -X importtime` and cProfile of `runforgectl ping` against a running
-daemon (medians of 10 runs), beyond the floor: `protocol.messages` ~4.7 ms (creating
-some sixty msgspec Structs), `protocol.discovery` ~2 ms, and argparse building all 25
+daemon (medians of 10 runs), beyond the floor: `runforge_protocol.messages` ~4.7 ms (creating
+some sixty msgspec Structs), `runforge_protocol.discovery` ~2 ms, and argparse building all 25
 subcommand parsers, ~7 ms: 82 help strings each go through `gettext`, which probes the
 filesystem for translations (and imports `locale` for it, ~1.3 ms), and the first
 `add_argument` makes argparse import `shutil` with its compression modules (~2 ms) for
@@ -61,7 +61,7 @@ the commands that use them (`runforgectl/__main__.py`), and earlier `hashlib` an
 then `runforgectl` builds only the named command's parser (the full one only for
 `--help` or an unknown command; a test keeps the command list in step with the full
 parser). `runforgectl ping` went from 1.44× to 1.38×, then to ~1.30-1.32× the floor: the
-goal's edge. The next cut is `protocol.messages` (~4.7 ms), e.g. a module of its own for
+goal's edge. The next cut is `runforge_protocol.messages` (~4.7 ms), e.g. a module of its own for
 the few messages the one-shot commands use.
 
 **What cannot be met this way.** On this machine the floor itself (`python -c "import

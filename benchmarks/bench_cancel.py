@@ -15,7 +15,7 @@ from benchmarks.processes import DeathWatch, timed_run, wait_until
 from benchmarks.results import Figure, Row
 from benchmarks.runforged_process import RunforgedProcess
 from benchmarks.stats import alternating, paired_ratio, summary
-from protocol import messages as m
+from runforge_protocol import messages as m
 
 # Exit status of `runforgectl cancel` when the trainer died by the SIGTERM itself.
 EXIT_CANCELLED_FORCED = 10

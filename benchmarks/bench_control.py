@@ -15,7 +15,7 @@ from benchmarks.processes import terminate, wait_until
 from benchmarks.results import Figure, Row
 from benchmarks.runforged_process import RunforgedProcess
 from benchmarks.stats import alternating, paired_ratio, percentile, summary
-from protocol import messages as m
+from runforge_protocol import messages as m
 
 ECHO_SERVER = Path(__file__).resolve().with_name("echo_server.py")
 

@@ -16,8 +16,8 @@ import psutil
 from benchmarks.processes import wait_until
 from benchmarks.results import Figure, Row
 from benchmarks.runforged_process import RunforgedProcess
-from protocol import events as ev
-from protocol import messages as m
+from runforge_protocol import events as ev
+from runforge_protocol import messages as m
 
 REPO = Path(__file__).resolve().parents[1]
 FLOOD_TRAINER = Path(__file__).resolve().with_name("flood_trainer")

@@ -44,7 +44,7 @@ import structlog
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from protocol.records import (  # noqa: E402 - after the path set-up above
+from runforge_protocol.records import (  # noqa: E402 - after the path set-up above
     IndexEntry,
     IndexFile,
     IndexSummary,

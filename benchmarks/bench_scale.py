@@ -16,7 +16,7 @@ from benchmarks.peers import Circus, Supervisor
 from benchmarks.processes import peak_rss_mib, rss_mib
 from benchmarks.results import Figure, Row
 from benchmarks.runforged_process import RunforgedProcess
-from protocol import messages as m
+from runforge_protocol import messages as m
 
 FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (100, 1_000)

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from benchmarks.stats import percentile
-from protocol import messages as m
+from runforge_protocol import messages as m
 
 RCVHWM = 200_000  # as runforgectl.client.Client
 TIMEOUT_S = 300

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.processes import command, read_int_file, terminate, wait_until
-from protocol import messages as m
-from protocol.discovery import Endpoints
+from runforge_protocol import messages as m
+from runforge_protocol.discovery import Endpoints
 from runforgectl.client import Client, DaemonUnavailable
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The event topic scheme and the event types the daemon publishes.
 
 A published event is two frames: ``[topic, payload]`` where payload is a MessagePack
-``protocol.messages.Event``. Topics are hierarchical so that a ZeroMQ prefix subscription
+``runforge_protocol.messages.Event``. Topics are hierarchical so that a ZeroMQ prefix subscription
 selects a workspace, a run, or one event type of one run:
 
     run/<workspace key>/<run id>/<event type>

@@ -16,8 +16,8 @@ from typing import Any, Union, get_args
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.records import IndexStatus, RecoveryReport, RunState
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import IndexStatus, RecoveryReport, RunState
 
 PROTOCOL_VERSION = 1
 # Requests larger than this are answered with MESSAGE_TOO_LARGE. Far larger frames are

@@ -1,7 +1,7 @@
 """Generates the language-neutral contract: JSON Schema of every request, reply and event,
 and golden MessagePack examples for adapter authors to test their codecs against.
 
-Run ``python -m protocol.schema_gen`` after changing a type in ``protocol/messages.py``; it
+Run ``python -m runforge_protocol.schema_gen`` after changing a type in ``protocol/messages.py``; it
 rewrites ``protocol/schema/*.schema.json`` and ``protocol/examples/*.json``. The test suite
 fails while the committed files differ from what this module generates.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from protocol import events as ev
-from protocol import messages as m
-from protocol.errors import ErrorCode
-from protocol.records import (
+from runforge_protocol import events as ev
+from runforge_protocol import messages as m
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import (
     IndexErrorInfo,
     IndexStatus,
     RecoveryItem,
@@ -35,9 +35,11 @@ from runforge_runner.atomicio import write_bytes_atomic
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_DIR = PACKAGE_DIR / "schema"
 EXAMPLES_DIR = PACKAGE_DIR / "examples"
-REGENERATE_COMMAND = "python -m protocol.schema_gen"
+REGENERATE_COMMAND = "python -m runforge_protocol.schema_gen"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-GENERATED_NOTE = f"Generated from protocol/messages.py by `{REGENERATE_COMMAND}`; do not edit."
+GENERATED_NOTE = (
+    f"Generated from runforge_protocol/messages.py by `{REGENERATE_COMMAND}`; do not edit."
+)
 
 # The values every example shares, so that the examples read as one story: a workspace,
 # a run that completes, a run that is cancelled by force, a run whose index update failed.

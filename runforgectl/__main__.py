@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from protocol import messages as m
-from protocol.discovery import RUNTIME_DIR_ENV, Endpoints
-from protocol.records import RunState
+from runforge_protocol import messages as m
+from runforge_protocol.discovery import RUNTIME_DIR_ENV, Endpoints
+from runforge_protocol.records import RunState
 from runforgectl import output
 from runforgectl.client import Client, DaemonError, DaemonUnavailable
 
@@ -587,7 +587,7 @@ def cmd_events(ctx: Context) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
         return EXIT_OK
-    from protocol import events as ev
+    from runforge_protocol import events as ev
 
     ctx.call(m.Ping())  # fail fast, with exit 3, when no daemon is there
     prefix = ev.run_topic_prefix(os.path.realpath(ctx.workspace())) if a.workspace else b""

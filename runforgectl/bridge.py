@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 import zmq
 
-from protocol import messages as m
-from protocol.discovery import Endpoints
-from protocol.errors import ErrorCode
+from runforge_protocol import messages as m
+from runforge_protocol.discovery import Endpoints
+from runforge_protocol.errors import ErrorCode
 
 _json_request = msgspec.json.Decoder(m.Request)
 _json_loose = msgspec.json.Decoder(dict)

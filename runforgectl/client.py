@@ -1,6 +1,6 @@
 """A synchronous client of runforged: one DEALER for requests, one SUB for events.
 
-Imports only pyzmq, msgspec and ``protocol``: editors and scripts call runforgectl all the
+Imports only pyzmq, msgspec and ``runforge_protocol``: editors and scripts call runforgectl all the
 time, so start-up cost matters more here than anywhere.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import msgspec
 import zmq
 
-from protocol import messages as m
-from protocol.discovery import Endpoints
+from runforge_protocol import messages as m
+from runforge_protocol.discovery import Endpoints
 
 
 class DaemonUnavailable(Exception):

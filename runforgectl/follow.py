@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from protocol import events as ev
-from protocol import messages as m
+from runforge_protocol import events as ev
+from runforge_protocol import messages as m
 from runforgectl.client import Client
 from runforgectl.output import duration
 

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from protocol import messages as m
+from runforge_protocol import messages as m
 
 _json = msgspec.json.Encoder()
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from protocol.discovery import RUNTIME_DIR_ENV, Endpoints
+from runforge_protocol.discovery import RUNTIME_DIR_ENV, Endpoints
 from runforged.runtime import RuntimeDirError, prepare_runtime_dir
 
 # A detached daemon reports readiness (or why it could not start) on this inherited pipe.

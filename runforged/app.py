@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import runforged.handlers  # noqa: F401 - registers every request handler
-from protocol.discovery import Endpoints
+from runforge_protocol.discovery import Endpoints
 from runforged.server import Daemon
 from runforged.services import Services
 

@@ -44,8 +44,8 @@ from typing import Annotated, Literal, Protocol
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.records import RunState
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import RunState
 from runforged.errors import RunforgeError
 
 MARKER_NAME = ".cancelled"

@@ -34,8 +34,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from protocol.errors import ErrorCode
-from protocol.records import IndexEntry, IndexFile
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import IndexEntry, IndexFile
 from runforge_runner.atomicio import fsync_directory, write_bytes_atomic
 from runforged.errors import RunforgeError
 from runforged.index_entry import sort_timestamp

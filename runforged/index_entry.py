@@ -48,7 +48,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.records import (
+from runforge_protocol.records import (
     CancelledMarker,
     IndexEntry,
     IndexSummary,

@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from protocol.errors import ErrorCode
-from protocol.messages import OrphanInfo
-from protocol.records import IndexEntry, RecoveryReport, ResultRecord
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import OrphanInfo
+from runforge_protocol.records import IndexEntry, RecoveryReport, ResultRecord
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.index_entry import INDEX_ORPHAN_MARKER, RunFolderError, build_index_entry

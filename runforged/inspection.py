@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 import structlog
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.paths import resolve_inside
 from runforged.probes import interpreter_not_found, locate_interpreter, run_in_workspace

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.messages import RunSummary
+from runforge_protocol.messages import RunSummary
 
 # How many features each interpretability table shows (per class for coefficients).
 TOP_FEATURES = 20

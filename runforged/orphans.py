@@ -25,9 +25,9 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.messages import OrphanInfo
-from protocol.records import IndexErrorInfo, IndexOrphanMarker, ResultRecord
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import OrphanInfo
+from runforge_protocol.records import IndexErrorInfo, IndexOrphanMarker, ResultRecord
 from runforge_runner.atomicio import write_bytes_atomic
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex

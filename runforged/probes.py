@@ -31,7 +31,7 @@ from typing import Literal
 import msgspec
 import structlog
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.trust import TrustedWorkspace
 

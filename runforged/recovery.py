@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from protocol.errors import ErrorCode
-from protocol.records import (
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import (
     IndexEntry,
     RecoveryItem,
     RecoveryReason,

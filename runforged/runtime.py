@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from protocol.discovery import Endpoints
+from runforge_protocol.discovery import Endpoints
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_IPC_PATH = 107

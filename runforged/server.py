@@ -21,10 +21,10 @@ import msgspec
 import structlog
 import zmq
 
-from protocol import events as ev
-from protocol.discovery import Endpoints
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from runforge_protocol import events as ev
+from runforge_protocol.discovery import Endpoints
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import (
     HARD_MAX_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,

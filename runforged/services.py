@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from protocol.errors import ErrorCode
-from protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
-from protocol.records import RequestRecord
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
+from runforge_protocol.records import RequestRecord
 from runforge_runner.atomicio import write_bytes_atomic
 from runforged import paths
 from runforged.errors import RunforgeError

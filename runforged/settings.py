@@ -38,7 +38,7 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 
 # --- JSONC -------------------------------------------------------------------------------

@@ -21,9 +21,15 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from protocol import events as ev
-from protocol.messages import Counters, Event, RunSummary
-from protocol.records import IndexErrorInfo, IndexStatus, RequestRecord, ResultRecord, RunState
+from runforge_protocol import events as ev
+from runforge_protocol.messages import Counters, Event, RunSummary
+from runforge_protocol.records import (
+    IndexErrorInfo,
+    IndexStatus,
+    RequestRecord,
+    ResultRecord,
+    RunState,
+)
 from runforge_runner.atomicio import write_bytes_atomic
 from runforged import paths
 from runforged.cancel import CancelController, classify_terminal_state, read_cancelled_marker

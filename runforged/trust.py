@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforge_runner.atomicio import write_json_atomic
 from runforged.errors import RunforgeError
 from runforged.paths import validate_workspace

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from protocol.messages import (
+from runforge_protocol.messages import (
     PROTOCOL_VERSION,
     Hello,
     HelloResult,

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import (
     DocumentResult,
     ExportMarkdown,
     GetCoefficients,
@@ -31,7 +31,7 @@ from protocol.messages import (
     RunSummary,
     ShowRun,
 )
-from protocol.records import IndexEntry, IndexStatus, RequestRecord, ResultRecord, RunState
+from runforge_protocol.records import IndexEntry, IndexStatus, RequestRecord, ResultRecord, RunState
 from runforge_runner import layout
 from runforge_runner.atomicio import write_bytes_atomic
 from runforged import paths

@@ -7,8 +7,8 @@ import math
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.messages import (
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import (
     Active,
     ActiveResult,
     Cancel,
@@ -18,7 +18,7 @@ from protocol.messages import (
     Train,
     TrainResult,
 )
-from protocol.records import ResultRecord, RunState
+from runforge_protocol.records import ResultRecord, RunState
 from runforged import paths
 from runforged.errors import RunforgeError
 from runforged.server import Daemon, handles

@@ -6,7 +6,7 @@ import os
 
 import msgspec
 
-from protocol.messages import (
+from runforge_protocol.messages import (
     GetSettings,
     ListTrusted,
     SettingsResult,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from protocol.records import RunState
+from runforge_protocol.records import RunState
 from runforged.cancel import (
     CancelController,
     Classification,

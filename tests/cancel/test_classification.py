@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pytest
 
-from protocol.records import RunState
+from runforge_protocol.records import RunState
 from runforged.cancel import classify_terminal_state
 
 # One exit status of each kind: success, failure, graceful-cancel style, killed by a signal.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.cancel import CancelController
 from runforged.errors import RunforgeError
 

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from protocol.records import RunState
+from runforge_protocol.records import RunState
 from runforged.cancel import classify_terminal_state, read_cancelled_marker
 from tests.cancel.conftest import StartTrainer, Trainer
 from tests.contracts import CONTRACTS_DIR, validate, validate_file

@@ -17,8 +17,8 @@ import msgspec
 import pytest
 import zmq
 
-from protocol import messages as m
-from protocol.errors import ErrorCode
+from runforge_protocol import messages as m
+from runforge_protocol.errors import ErrorCode
 from tests.harness import DaemonProcess, alive, wait_for
 
 

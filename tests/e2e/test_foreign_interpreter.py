@@ -33,7 +33,7 @@ PATH_PROBE = '''
 """Reports the interpreter's import path and which packages it can import."""
 import importlib.util, json, os, sys
 found = {}
-for name in ("runforge_runner", "runforged", "runforgectl", "protocol", "msgspec", "zmq",
+for name in ("runforge_runner", "runforged", "runforgectl", "runforge_protocol", "msgspec", "zmq",
              "numpy", "sklearn"):
     spec = importlib.util.find_spec(name)
     found[name] = None if spec is None else spec.origin
@@ -123,10 +123,10 @@ def test_the_trainers_path_holds_the_runner_and_none_of_the_daemons_packages(
     assert report["executable"].startswith(str(foreign_python.parent))
     found = report["found"]
     assert found["runforge_runner"] is not None
-    assert {name: found[name] for name in ("runforged", "runforgectl", "protocol")} == {
+    assert {name: found[name] for name in ("runforged", "runforgectl", "runforge_protocol")} == {
         "runforged": None,
         "runforgectl": None,
-        "protocol": None,
+        "runforge_protocol": None,
     }
     assert {name: found[name] for name in ("msgspec", "zmq", "numpy", "sklearn")} == {
         "msgspec": None,

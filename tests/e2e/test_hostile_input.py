@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol import messages as m
-from protocol.discovery import Endpoints
-from protocol.errors import ErrorCode
+from runforge_protocol import messages as m
+from runforge_protocol.discovery import Endpoints
+from runforge_protocol.errors import ErrorCode
 from runforgectl.client import Client, DaemonError
 from tests.e2e.conftest import error_of, start_detached, wait_result
 from tests.harness import DaemonProcess

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from protocol import messages as m
+from runforge_protocol import messages as m
 from runforgectl.follow import ProgressDisplay
 
 

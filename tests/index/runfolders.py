@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.records import (
+from runforge_protocol.records import (
     IndexErrorInfo,
     IndexStatus,
     RequestRecord,

@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol.errors import ErrorCode
-from protocol.records import RecoverySkipError, RunState
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import RecoverySkipError, RunState
 from runforged.errors import RunforgeError
 from runforged.index_entry import RunFolderError, build_index_entry
 from runforged.orphans import write_index_orphan_marker

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import ErrorCode
-from protocol.records import IndexEntry
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import IndexEntry
 from runforged.errors import RunforgeError
 from runforged.index_entry import build_index_entry
 from runforged.index_writer import IndexWriter, IndexWriters

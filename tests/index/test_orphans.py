@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.messages import OrphanInfo
+from runforge_protocol.messages import OrphanInfo
 from runforged.errors import RunforgeError
 from runforged.index_writer import IndexWriter
 from tests.index.runfolders import (

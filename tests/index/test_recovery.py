@@ -9,8 +9,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol.errors import ErrorCode
-from protocol.records import RecoveryItem, RecoveryReason, RecoveryReport, RecoverySkipError
+from runforge_protocol.errors import ErrorCode
+from runforge_protocol.records import (
+    RecoveryItem,
+    RecoveryReason,
+    RecoveryReport,
+    RecoverySkipError,
+)
 from runforged.errors import RunforgeError
 from runforged.index_entry import build_index_entry
 from runforged.index_writer import IndexWriter

@@ -10,8 +10,8 @@ from typing import Any
 
 import jsonschema
 
-from protocol import events as ev
-from protocol.schema_gen import PACKAGE_DIR
+from runforge_protocol import events as ev
+from runforge_protocol.schema_gen import PACKAGE_DIR
 
 PROTOCOL_MD = PACKAGE_DIR / "PROTOCOL.md"
 KINDS = ("requests", "replies", "events")
@@ -61,7 +61,7 @@ def documented_result_types() -> dict[str, str]:
 
 
 def daemon_event_types() -> set[str]:
-    """The event types ``protocol.events`` declares for the daemon's own events."""
+    """The event types ``runforge_protocol.events`` declares for the daemon's own events."""
     return {
         value
         for name, value in vars(ev).items()

@@ -9,9 +9,9 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
-from protocol import events as ev
-from protocol import messages as m
-from protocol import schema_gen
+from runforge_protocol import events as ev
+from runforge_protocol import messages as m
+from runforge_protocol import schema_gen
 from runforged.trainer_events import REQUIRED as RUNNER_EVENT_TYPES
 from tests.protocol.golden import (
     KINDS,

@@ -38,7 +38,7 @@ COMPLETED_RUN_ORDER = [
 
 
 def workspace_key(resolved_workspace: str) -> str:
-    """The documented rule, written out independently of ``protocol.events``."""
+    """The documented rule, written out independently of ``runforge_protocol.events``."""
     return hashlib.sha256(resolved_workspace.encode("utf-8")).hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.runner.conftest import SMALL_DATASET, Workspace
 
-DAEMON_ONLY = ("zmq", "msgspec", "psutil", "structlog", "runforged", "protocol")
+DAEMON_ONLY = ("zmq", "msgspec", "psutil", "structlog", "runforged", "runforge_protocol")
 RUNNER_PACKAGE = Path(__file__).resolve().parents[2] / "runforge_runner"
 
 # Runs ``python -m runforge_runner ...`` for real, then reports which modules were loaded.

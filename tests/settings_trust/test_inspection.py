@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.inspection import inspect_artifact, inspect_dataset
 from runforged.trust import TrustedWorkspace, TrustStore

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.paths import (
     index_path,

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.probes import (
     GPU_FREE_MIB_REQUIRED,

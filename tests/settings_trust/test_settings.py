@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.settings import (
     SETTING_KEYS,

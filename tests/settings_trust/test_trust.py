@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import ErrorCode
+from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
 from tests.harness import SESSION_MARKER, SESSION_MARKER_ENV
