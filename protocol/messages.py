@@ -12,7 +12,8 @@ bumps ``PROTOCOL_VERSION``.
 
 from __future__ import annotations
 
-from typing import Any, Union, get_args
+import re
+from typing import Annotated, Any, Union, get_args
 
 import msgspec
 
@@ -25,6 +26,30 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
 HARD_MAX_MESSAGE_BYTES = 16 << 20
 
+# --------------------------------------------------------------------------- field limits
+#
+# Checked by the decoder, so a request outside them is BAD_REQUEST (naming the field)
+# before anything starts. Text reaches command lines, file names, logs and terminals: a
+# NUL byte cannot pass through any of them, and control characters (newline, escape...)
+# forge log lines or terminal output.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+MAX_TEXT_CHARS = 4096  # PATH_MAX: the longest path the kernel accepts
+MAX_GRACE_S = 86_400.0  # a cancel grace window of up to one day
+MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept as a random seed
+MAX_COUNT = 2**63 - 1  # sequence numbers and limits: what MessagePack's int64 holds
+MAX_PARAMS = 256
+
+# "(?![\s\S])" is the end of the string in every regex dialect; Python's "$" would also
+# match before a final newline.
+Text = Annotated[
+    str,
+    msgspec.Meta(pattern=rf"^[^{CONTROL_CHARACTERS}]*(?![\s\S])", max_length=MAX_TEXT_CHARS),
+]
+GraceSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_GRACE_S)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEED)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+ProtocolVersion = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+
 
 # --------------------------------------------------------------------------- requests
 
@@ -33,14 +58,14 @@ class RequestBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown
     """Fields every request carries. Unknown fields are ignored, so that a newer client's
     additions never break an older daemon."""
 
-    id: str = ""  # chosen by the client, echoed in the reply
-    protocol: int = PROTOCOL_VERSION
+    id: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)] = ""  # echoed in the reply
+    protocol: ProtocolVersion = PROTOCOL_VERSION
 
 
 class Hello(RequestBase, tag="hello"):
     """Handshake: the client names itself; the reply reports the daemon's versions."""
 
-    client: str = ""
+    client: Text = ""
 
 
 class Ping(RequestBase, tag="ping"):
@@ -50,7 +75,7 @@ class Ping(RequestBase, tag="ping"):
 class Status(RequestBase, tag="status"):
     """Daemon status; with ``workspace``, also that workspace's settings and interpreter."""
 
-    workspace: str | None = None
+    workspace: Text | None = None
 
 
 class Shutdown(RequestBase, tag="shutdown"):
@@ -60,13 +85,13 @@ class Shutdown(RequestBase, tag="shutdown"):
 class TrustPath(RequestBase, tag="trust"):
     """Trust an existing folder (absolute path) and every folder beneath it."""
 
-    path: str
+    path: Text
 
 
 class UntrustPath(RequestBase, tag="untrust"):
     """Withdraw trust from a folder that was trusted by that exact path."""
 
-    path: str
+    path: Text
 
 
 class ListTrusted(RequestBase, tag="list_trusted"):
@@ -76,116 +101,116 @@ class ListTrusted(RequestBase, tag="list_trusted"):
 class GetSettings(RequestBase, tag="settings"):
     """A workspace's resolved settings and where each value came from."""
 
-    workspace: str
+    workspace: Text
 
 
 class Train(RequestBase, tag="train"):
     """Start (or queue) a training run. Unset fields come from the workspace settings."""
 
-    workspace: str
-    preset: str | None = None
-    model: str | None = None
-    profile: str | None = None
-    dataset: str | None = None
-    name: str | None = None
-    seed: int | None = None
-    params: dict[str, str] = {}
-    grace_s: float | None = None
-    device: str | None = None
+    workspace: Text
+    preset: Text | None = None
+    model: Text | None = None
+    profile: Text | None = None
+    dataset: Text | None = None
+    name: Text | None = None
+    seed: Seed | None = None
+    params: Annotated[dict[Text, Text], msgspec.Meta(max_length=MAX_PARAMS)] = {}
+    grace_s: GraceSeconds | None = None
+    device: Text | None = None
 
 
 class Cancel(RequestBase, tag="cancel"):
     """Cancel ``run_id``, or the workspace's active run when no id is given."""
 
-    workspace: str | None = None
-    run_id: str | None = None
-    grace_s: float | None = None
+    workspace: Text | None = None
+    run_id: Text | None = None
+    grace_s: GraceSeconds | None = None
 
 
 class Replay(RequestBase, tag="replay"):
     """A run's persisted events with ``run_seq > since``, oldest first."""
 
-    workspace: str
-    run_id: str
-    since: int = 0
-    limit: int = 10_000
+    workspace: Text
+    run_id: Text
+    since: Count = 0
+    limit: Count = 10_000
 
 
 class Active(RequestBase, tag="active"):
     """Queued, running and cancelling runs (of one workspace, or all)."""
 
-    workspace: str | None = None
+    workspace: Text | None = None
 
 
 class ListRuns(RequestBase, tag="runs"):
     """Live runs, orphans, then finished runs newest first (at most ``limit`` of those)."""
 
-    workspace: str
-    limit: int = 200
+    workspace: Text
+    limit: Count = 200
 
 
 class ShowRun(RequestBase, tag="show"):
     """A run's metadata; ``run_id`` None means the newest index entry."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class GetMetrics(RequestBase, tag="metrics"):
     """A run's ``metrics.v1.json`` (else ``metrics.json``); ``run_id`` None: the newest."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class GetFeatureImportance(RequestBase, tag="feature_importance"):
     """A tree model's feature importance document; ``run_id`` None: the newest run."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class GetCoefficients(RequestBase, tag="coefficients"):
     """A linear model's coefficients document; ``run_id`` None: the newest run."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class GetInterpretability(RequestBase, tag="interpretability"):
     """A run's interpretability index; ``run_id`` None: the newest run."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class ExportMarkdown(RequestBase, tag="export_md"):
     """Render a run as Markdown and write ``run-summary.md`` in its run folder."""
 
-    workspace: str
-    run_id: str | None = None
+    workspace: Text
+    run_id: Text | None = None
 
 
 class InspectDataset(RequestBase, tag="inspect_dataset"):
     """Describe a CSV inside the workspace (runs the workspace's Python: trust needed)."""
 
-    workspace: str
-    path: str
-    label: str | None = None
+    workspace: Text
+    path: Text
+    label: Text | None = None
 
 
 class InspectArtifact(RequestBase, tag="inspect_artifact"):
     """Describe a model artifact inside the workspace (runs the workspace's Python: trust
     needed)."""
 
-    workspace: str
-    path: str
+    workspace: Text
+    path: Text
 
 
 class Recover(RequestBase, tag="recover"):
     """Re-add runs that are on disk but missing from the workspace index."""
 
-    workspace: str
+    workspace: Text
 
 
 Request = Union[  # noqa: UP007 - msgspec needs a runtime Union object for the decoder
@@ -469,6 +494,56 @@ event_decoder = msgspec.msgpack.Decoder(Event)
 
 def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
+
+
+class NestingTooDeep(msgspec.DecodeError):
+    """A message nested deeper than the decoder's recursion allows (about 1,000 levels):
+    undecodable, like any other malformed message."""
+
+
+def decode_request(payload: bytes) -> Request:
+    """The request in ``payload``. Raises ``msgspec.ValidationError`` for well-formed
+    MessagePack that is not a valid request (``invalid_field`` names the field), else
+    ``msgspec.DecodeError`` (``NestingTooDeep`` included): never anything else."""
+    try:
+        request: Request = request_decoder.decode(payload)
+    except RecursionError:
+        raise NestingTooDeep("message nested too deeply") from None
+    return request
+
+
+def decode_loose(payload: bytes) -> dict[Any, Any]:
+    """``payload`` as a plain map, to salvage the id and type of an invalid request; {}
+    when it is not a MessagePack map."""
+    try:
+        loose: dict[Any, Any] = _loose_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        return {}
+    return loose
+
+
+_loose_decoder = msgspec.msgpack.Decoder(dict)
+# msgspec ends a validation error with where it happened: "- at `$.name`", or
+# "- at `key` in `$.params`" for a map's key.
+_ERROR_LOCATION = re.compile(r" - at `(?:key` in `)?\$\.?([A-Za-z_]\w*)?[^`]*`$")
+_MISSING_FIELD = re.compile(r"Object missing required field `(\w+)`")
+
+
+def invalid_field(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """The top-level request field a validation error is about ("" when it is about the
+    message as a whole) and the error said for people."""
+    text = str(exc)
+    match = _ERROR_LOCATION.search(text)
+    field = (match.group(1) or "") if match else ""
+    missing = _MISSING_FIELD.match(text)
+    if missing and not field:
+        field = missing.group(1)
+    if "matching regex" in text and field:
+        return field, (
+            f"field {field!r} contains a control character (NUL, newline, escape...), "
+            "which no request field may hold"
+        )
+    return field, text
 
 
 def ok(request_id: str, result: Any) -> Reply:

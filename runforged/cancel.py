@@ -45,6 +45,7 @@ from typing import Annotated, Literal, Protocol
 import msgspec
 
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import MAX_GRACE_S
 from runforge_protocol.records import RunState
 from runforged.errors import RunforgeError
 
@@ -220,7 +221,9 @@ class CancelController:
         publish_countdown: Callable[[int], None],
     ) -> None:
         if not _is_valid_grace(default_grace_s):
-            raise ValueError(f"default grace must be >= 0 seconds, got {default_grace_s!r}")
+            raise ValueError(
+                f"default grace must be 0 to {MAX_GRACE_S:g} seconds, got {default_grace_s!r}"
+            )
         self.default_grace_s = default_grace_s
         self._now = now
         self._call_at = call_at
@@ -259,7 +262,7 @@ class CancelController:
         if grace_s is not None and not _is_valid_grace(grace_s):
             raise RunforgeError(
                 ErrorCode.BAD_REQUEST,
-                f"grace must be a number of seconds >= 0, got {grace_s!r}",
+                f"grace must be a number of seconds from 0 to {MAX_GRACE_S:g}, got {grace_s!r}",
                 "pass --grace 0 to kill at once, or a positive number of seconds",
                 {"grace_s": repr(grace_s)},
             )
@@ -345,4 +348,4 @@ def _call_at_precisely(
 
 
 def _is_valid_grace(grace_s: float) -> bool:
-    return isinstance(grace_s, (int, float)) and math.isfinite(grace_s) and grace_s >= 0
+    return isinstance(grace_s, (int, float)) and 0 <= grace_s <= MAX_GRACE_S  # NaN: False

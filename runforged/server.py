@@ -32,10 +32,12 @@ from runforge_protocol.messages import (
     Counters,
     Event,
     Reply,
+    decode_loose,
+    decode_request,
     encode,
     error,
+    invalid_field,
     ok,
-    request_decoder,
 )
 from runforged.errors import RunforgeError
 from runforged.runtime import DaemonLock, prepare_runtime_dir
@@ -253,7 +255,13 @@ class Daemon:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
-            self._on_frames(frames)
+            try:
+                self._on_frames(frames)
+            except Exception:
+                # Never out of this callback: the frames queued behind this one would wait
+                # for the next edge of the descriptor, which may never come.
+                log.exception("frame_failed", frames=len(frames))
+                self.counters.dropped_frames += 1
 
     def _drain_xpub(self) -> None:
         sock = self._xpub
@@ -305,14 +313,17 @@ class Daemon:
             )
             return
         try:
-            request = request_decoder.decode(payload)
+            request = decode_request(payload)
         except msgspec.ValidationError as exc:
-            loose = _peek(payload)
+            loose = decode_loose(payload)
             tag = loose.get("type")
+            field, message = invalid_field(exc)
             if isinstance(tag, str) and tag not in REQUEST_TAGS:
                 code, message = ErrorCode.UNKNOWN_REQUEST, f"unknown request type {tag!r}"
+                details: dict[str, Any] = {"known_types": sorted(REQUEST_TAGS)}
             else:
-                code, message = ErrorCode.BAD_REQUEST, f"invalid request: {exc}"
+                code, message = ErrorCode.BAD_REQUEST, f"invalid request: {message}"
+                details = {"field": field} if field else {}
             self._send(
                 envelope,
                 error(
@@ -320,13 +331,12 @@ class Daemon:
                     code,
                     message,
                     "see protocol/PROTOCOL.md for the request types and their fields",
-                    {"known_types": sorted(REQUEST_TAGS)}
-                    if code is ErrorCode.UNKNOWN_REQUEST
-                    else None,
+                    details,
                 ),
             )
             return
         except msgspec.DecodeError as exc:
+            # Includes NestingTooDeep: a map or array nested beyond the decoder's depth.
             self._send(
                 envelope,
                 error(
@@ -412,18 +422,6 @@ class Daemon:
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
     return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
-
-
-_loose_decoder = msgspec.msgpack.Decoder(dict)
-
-
-def _peek(payload: bytes) -> dict[Any, Any]:
-    """The request as a plain map, to salvage its id and type after typed decoding failed."""
-    try:
-        loose: dict[Any, Any] = _loose_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return {}
-    return loose
 
 
 def _id_of(loose: dict[Any, Any]) -> str:

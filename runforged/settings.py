@@ -27,7 +27,6 @@ cannot set them. Unknown keys are ignored with a warning; a wrong type or value 
 from __future__ import annotations
 
 import enum
-import math
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ from typing import Any, Literal, get_args
 import msgspec
 
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.messages import MAX_GRACE_S
 from runforged.errors import RunforgeError
 
 # --- JSONC -------------------------------------------------------------------------------
@@ -326,10 +326,11 @@ def _module_name(value: Any) -> Any:
 
 
 def _seconds(value: Any) -> Any:
+    # Bounded like a request's grace_s: 1e300 seconds would overflow the cancel countdown.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _InvalidValue("a number of seconds >= 0")
-    if not math.isfinite(value) or value < 0:
-        raise _InvalidValue("a number of seconds >= 0")
+        raise _InvalidValue(f"a number of seconds from 0 to {MAX_GRACE_S:g}")
+    if not 0 <= value <= MAX_GRACE_S:
+        raise _InvalidValue(f"a number of seconds from 0 to {MAX_GRACE_S:g}")
     return float(value)
 
 
