@@ -22,9 +22,8 @@ import zmq
 from runforge_protocol import messages as m
 from runforge_protocol.discovery import Endpoints
 from runforge_protocol.errors import ErrorCode
+from runforgectl import jsonlines
 
-_json_request = msgspec.json.Decoder(m.Request)
-_json_loose = msgspec.json.Decoder(dict)
 _json = msgspec.json.Encoder()
 
 
@@ -41,7 +40,7 @@ def run_bridge(endpoints: Endpoints) -> int:
     poller.register(events, zmq.POLLIN)
     stdin = sys.stdin.buffer.fileno()
     poller.register(stdin, zmq.POLLIN)
-    pending = b""
+    reader = jsonlines.LineReader()
     try:
         while True:
             for item, _ in poller.poll():
@@ -55,10 +54,10 @@ def run_bridge(endpoints: Endpoints) -> int:
                     chunk = os.read(stdin, 1 << 16)
                     if not chunk:
                         return 0
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.strip():
+                    for line in reader.feed(chunk):
+                        if isinstance(line, jsonlines.LineTooLong):
+                            _emit(m.error("", ErrorCode.MESSAGE_TOO_LARGE, str(line)))
+                        else:
                             _forward(line, control, events)
     finally:
         control.close()
@@ -68,9 +67,9 @@ def run_bridge(endpoints: Endpoints) -> int:
 
 def _forward(line: bytes, control: zmq.Socket[bytes], events: zmq.Socket[bytes]) -> None:
     try:
-        loose = _json_loose.decode(line)
-    except msgspec.DecodeError as exc:
-        _emit(m.error("", ErrorCode.BAD_REQUEST, f"not a JSON object: {exc}"))
+        loose = jsonlines.decode_object(line)
+    except jsonlines.JsonLineError as exc:
+        _emit(m.error("", ErrorCode.BAD_REQUEST, str(exc)))
         return
     kind = loose.get("type")
     if kind in ("subscribe", "unsubscribe"):
@@ -83,9 +82,9 @@ def _forward(line: bytes, control: zmq.Socket[bytes], events: zmq.Socket[bytes])
         _emit({"id": _id(loose), "ok": True, "result": {"type": kind, "prefix": prefix}})
         return
     try:
-        request = _json_request.decode(line)
-    except msgspec.ValidationError as exc:
-        _emit(m.error(_id(loose), ErrorCode.BAD_REQUEST, f"invalid request: {exc}"))
+        request = jsonlines.decode_request(line)
+    except jsonlines.JsonLineError as exc:
+        _emit(m.error(_id(loose), ErrorCode.BAD_REQUEST, str(exc), details=exc.details))
         return
     control.send(m.encode(request))
 
