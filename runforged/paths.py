@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,13 +47,21 @@ def validate_workspace(path: str) -> Path:
             details={"path": path},
         )
     resolved = Path(os.path.realpath(path))
-    if not resolved.exists():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(resolved).st_mode)
+    except FileNotFoundError:
         raise RunforgeError(
             ErrorCode.WORKSPACE_NOT_FOUND,
             f"workspace {path} does not exist",
             details={"path": path},
-        )
-    if not resolved.is_dir():
+        ) from None
+    except OSError as exc:  # a name too long, a symlink loop, no permission...
+        raise RunforgeError(
+            ErrorCode.INVALID_PATH,
+            f"workspace {path} cannot be used: {exc.strerror}",
+            details={"path": path},
+        ) from None
+    if not is_dir:
         raise RunforgeError(
             ErrorCode.INVALID_PATH,
             f"workspace {path} is not a directory",
