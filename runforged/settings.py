@@ -213,7 +213,10 @@ class _JsoncParser:
             raise self.error("invalid number")
         self.pos = match.end()
         if match.group(1) is None and match.group(2) is None:
-            return int(match.group())
+            try:
+                return int(match.group())
+            except ValueError:  # beyond Python's int-from-text digit limit
+                raise self.error("number has too many digits", match.start()) from None
         return float(match.group())
 
 
