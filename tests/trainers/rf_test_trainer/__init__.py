@@ -84,6 +84,22 @@ stderr's reader goes away the trainer carries on without events.
     ``{"monotonic_ns": ..., "time_ns": ...}`` read the moment the signal was handled
     (CLOCK_MONOTONIC is system-wide, so a benchmark can compare it with its own clock).
 
+Hostile modes (``hostile.py``: trusted code attacking the daemon through its run folder):
+
+``swap_folder``
+    ``complete``, then renames the run folder to ``<run id>.moved`` and puts a symlink to
+    ``RF_TEST_OUTSIDE`` in its place; exits 0.
+``hostile_run_json``
+    ``complete``, with the JSON object ``RF_TEST_RUN_JSON_PATCH`` merged into run.json.
+``metrics_symlink``
+    ``complete``, then replaces metrics.json by a symlink to
+    ``$RF_TEST_OUTSIDE/metrics.json``.
+``hostile_marker``
+    Slow ``complete``; on SIGTERM writes ``checkpoint.partial.json`` and a ``.cancelled``
+    marker whose reason holds escape and NUL characters and whose ``partial_artifacts``
+    hold the honest checkpoint beside ``..``, absolute and NUL-bearing paths; emits
+    ``run_cancelled {graceful: true}`` and exits 143.
+
 Other environment variables: ``RF_TEST_STEPS`` (default 3, or 600 for the slow modes),
 ``RF_TEST_STEP_S`` (default 0, or 0.1 for the slow modes), ``RF_TEST_FLUSH_S`` (default 1).
 

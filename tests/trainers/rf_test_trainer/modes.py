@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from rf_test_trainer.hostile import HOSTILE_MODES
 from rf_test_trainer.run_folder import EXIT_CANCELLED, RunFolder, utc_now, write_stderr
 from rf_test_trainer.workers import start_descendants, worker_main
 from runforge_runner.atomicio import write_json_atomic
@@ -268,6 +269,7 @@ MODES: dict[str, Callable[[RunFolder], int]] = {
     "garbage": garbage,
     "crash_midwrite": crash_midwrite,
     "sigterm_probe": sigterm_probe,
+    **HOSTILE_MODES,
 }
 
 
