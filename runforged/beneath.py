@@ -79,9 +79,7 @@ def _open_component(dir_fd: int, name: str, flags: int, mode: int) -> int:
     try:
         return os.open(name, flags, mode, dir_fd=dir_fd)
     except NotADirectoryError:
-        # O_DIRECTORY | O_NOFOLLOW on a symlink says ENOTDIR; openat2 says ELOOP.
-        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+        _symlink_is_eloop(dir_fd, name)
         raise
 
 
@@ -93,6 +91,9 @@ def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0o644) -> int:
     if _openat2_works is not False:
         try:
             fd = _openat2(dir_fd, path, flags, mode)
+        except NotADirectoryError:
+            _symlink_is_eloop(dir_fd, path)
+            raise
         except OSError as exc:
             if exc.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_works:
                 raise
@@ -101,6 +102,17 @@ def open_beneath(dir_fd: int, path: str, flags: int, mode: int = 0o644) -> int:
             _openat2_works = True
             return fd
     return _walk(dir_fd, path, flags, mode)
+
+
+def _symlink_is_eloop(dir_fd: int, path: str) -> None:
+    """O_DIRECTORY | O_NOFOLLOW on a final symlink says ENOTDIR: say ELOOP, as for a
+    symlink anywhere else on the way."""
+    try:
+        is_link = stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return
+    if is_link:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path) from None
 
 
 def open_root(path: str | os.PathLike[str]) -> int:
@@ -159,11 +171,17 @@ def read_regular(dir_fd: int, path: str, max_bytes: int) -> tuple[bytes, os.stat
             raise NotRegularFile(errno.EINVAL, "not a regular file", path)
         if status.st_size > max_bytes:
             raise FileTooLarge(errno.EFBIG, f"larger than {max_bytes} bytes", path)
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, max(status.st_size - size, 1 << 16)):
+        # One read of one byte more than the size: a regular file reads short only at its
+        # end, so a short read needs no second read to see the end.
+        want = status.st_size + 1
+        data = os.read(fd, want)
+        if len(data) < want:
+            return data, status
+        chunks = [data]
+        size = len(data)
+        while chunk := os.read(fd, 1 << 16):  # it grew while being read
             size += len(chunk)
-            if size > max_bytes:  # it grew while being read
+            if size > max_bytes:
                 raise FileTooLarge(errno.EFBIG, f"larger than {max_bytes} bytes", path)
             chunks.append(chunk)
         return b"".join(chunks), status

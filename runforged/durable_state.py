@@ -101,7 +101,7 @@ class InflightRecords:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 records.append(_inflight_decoder.decode(path.read_bytes()))
-            except (OSError, msgspec.DecodeError) as exc:
+            except (OSError, msgspec.DecodeError, RecursionError) as exc:
                 log.error("inflight_record_unreadable", path=str(path), error=str(exc))
                 path.unlink(missing_ok=True)
         return records

@@ -23,6 +23,8 @@ new immutable snapshot.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 from array import array
@@ -34,13 +36,16 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from runforge_contract.atomicio import fsync_directory, write_bytes_atomic
 from runforge_contract.timestamps import sort_timestamp
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.records import IndexEntry, IndexFile
+from runforged import beneath
 from runforged.errors import RunforgeError
 from runforged.paths import INDEX_FILE
 
+# 10^5 runs make an index of about 30 MB; a file far larger is not one (and is not read
+# into memory).
+INDEX_MAX_BYTES = 1 << 30
 log = structlog.get_logger(__name__)
 
 INDEX_SCHEMA_VERSION = "1.0.0"
@@ -241,9 +246,14 @@ class RunIndex:
         runs = list(snapshot.entries) + added
         data = _encoder.encode(IndexFile(schema_version=INDEX_SCHEMA_VERSION, runs=runs))
         try:
-            os.makedirs(self.path.parent, exist_ok=True)
-            write_bytes_atomic(self.path, data)
-            st = os.stat(self.path)
+            # Through descriptors reached without a symlink: never into a folder that
+            # .ml or .ml/outputs points to.
+            with (
+                beneath.opened(beneath.open_root(self.workspace)) as root,
+                beneath.opened(beneath.open_dir(root, self._folder, create=True)) as folder,
+            ):
+                beneath.write_atomic(folder, self.path.name, data)
+                st = os.stat(self.path.name, dir_fd=folder, follow_symlinks=False)
         except OSError as exc:
             raise self._failure("could not be written", exc) from exc
         # Tens of MB at 10^5 entries: not held while the next snapshot is built.
@@ -259,7 +269,8 @@ class RunIndex:
         """The entries in index.json and the signature of the bytes read, or None when
         there is no file or it was corrupt (and has been moved aside)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            with beneath.opened(beneath.open_root(self.workspace)) as root:
+                fd = beneath.open_regular_for_reading(root, str(INDEX_FILE))
         except (FileNotFoundError, NotADirectoryError):
             # No index there (NotADirectory: its folder is a file): nothing to read or lose.
             self._file_exists = False
@@ -268,6 +279,10 @@ class RunIndex:
             raise self._failure("could not be read", exc) from exc
         try:
             st = os.fstat(fd)
+            if st.st_size > INDEX_MAX_BYTES:
+                raise beneath.FileTooLarge(
+                    errno.EFBIG, f"{st.st_size} bytes, over the limit of {INDEX_MAX_BYTES}"
+                )
             # One buffer of the file's size: at 10^5 entries the file is tens of MB, and
             # joining chunks would hold it twice.
             data = bytearray(st.st_size)
@@ -287,7 +302,7 @@ class RunIndex:
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         try:
             decoded = _decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             self._move_aside(str(exc))
             return None
         del data
@@ -303,8 +318,12 @@ class RunIndex:
             suffix += 1
             target = self.path.with_name(f"{self.path.name}.corrupt.{stamp}.{suffix}")
         try:
-            os.rename(self.path, target)
-            fsync_directory(self.path.parent)
+            with (
+                beneath.opened(beneath.open_root(self.workspace)) as root,
+                beneath.opened(beneath.open_dir(root, self._folder)) as folder,
+            ):
+                os.rename(self.path.name, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+                os.fsync(folder)
         except OSError as exc:
             raise self._failure("is corrupt and could not be moved aside", exc) from exc
         rel = target.relative_to(self.workspace).as_posix()
@@ -313,7 +332,37 @@ class RunIndex:
         self._file_exists = False
         log.warning("index_corrupt_moved_aside", path=str(self.path), kept_as=rel, reason=reason)
 
+    @property
+    def _folder(self) -> str:
+        return os.path.dirname(INDEX_FILE)
+
+    def _not_contained(self, what: str, exc: OSError) -> RunforgeError:
+        """INVALID_PATH: a symlink (or a FIFO...) where the index or its folders should be."""
+        culprit = str(INDEX_FILE)
+        with (
+            contextlib.suppress(OSError),
+            beneath.opened(beneath.open_root(self.workspace)) as root,
+        ):
+            culprit = beneath.symlink_on_the_way(root, str(INDEX_FILE)) or culprit
+        if isinstance(exc, beneath.NotRegularFile):
+            problem = "is not a regular file"
+        elif isinstance(exc, beneath.FileTooLarge):
+            problem = f"is too large ({exc.strerror})"
+        else:
+            problem = "is a symlink: RunForge does not follow symlinks inside a workspace"
+        return RunforgeError(
+            ErrorCode.INVALID_PATH,
+            f"the run index {self.path} {what}: {culprit} {problem}",
+            f"make {culprit} a real directory (or file) of the workspace, then run "
+            f"`runforgectl recover --workspace {self.workspace}`",
+            {"index_path": str(self.path), "path": culprit},
+        )
+
     def _failure(self, what: str, exc: OSError) -> RunforgeError:
+        if exc.errno in (errno.ELOOP, errno.EXDEV) or isinstance(
+            exc, (beneath.NotRegularFile, beneath.FileTooLarge)
+        ):
+            return self._not_contained(what, exc)
         return RunforgeError(
             ErrorCode.INDEX_WRITE_FAILED,
             f"the run index {self.path} {what}: {exc.strerror or exc}",

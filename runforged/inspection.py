@@ -85,7 +85,7 @@ async def _run_runner(
         raise _inspect_failed(what, output.last_error_line())
     try:
         return msgspec.json.decode(output.stdout, type=result_type)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         shown = output.stdout[:200].decode("utf-8", "replace")
         raise _inspect_failed(
             what, f"the runner's output is not a valid {what} document: {exc}", stdout=shown

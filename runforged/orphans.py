@@ -33,6 +33,7 @@ from runforged.run_folder import (
     RUN_FILE,
     RUNS_DIR,
     RunFolderError,
+    list_files,
     list_run_folders,
     read_index_orphan_error,
     read_result,
@@ -129,8 +130,8 @@ class OrphanTracker:
         except _ListingNeeded:
             pass
         try:
-            files = set(os.listdir(folder))
-        except OSError:
+            files = list_files(Path(folder))
+        except RunFolderError:
             return _NOT_AN_ORPHAN
         return _candidate(folder, files)
 

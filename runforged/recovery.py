@@ -72,6 +72,7 @@ from runforged.run_folder import (
     open_runs_folder,
     read_file,
     read_file_with_mtime,
+    reason,
     relative_run_dir,
     unreadable_runs_folder,
 )
@@ -168,7 +169,8 @@ class _Scan:
 
 def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: int) -> _Scan:
     scan = _Scan()
-    names = list_run_folders(runs_dir, runs_fd=runs_fd)
+    # Symlinks too, so that the report says why each is skipped (none is followed).
+    names = list_run_folders(runs_dir, runs_fd=runs_fd, with_symlinks=True)
     scan.scanned = len(names)
     candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
     for name in names:
@@ -257,7 +259,7 @@ def _classify_folder(
         return RecoverySkip(
             run_dir=relative_run_dir(name),
             error=RecoverySkipError.READ_ERROR,
-            message=f"run folder could not be read: {exc.strerror or exc}",
+            message=f"run folder could not be read: {reason(exc)}",
         )
     return _classify(_RunFolder(runs_fd, runs_dir, name, listing), index, candidate_ids)
 

@@ -22,8 +22,14 @@ documents         ``read_document``: any JSON (show, metrics, ...)             R
 
 The ``read_*`` functions raise (recovery and the index say why a folder is skipped);
 ``load_*`` return None (the live path and the observability reads carry on without).
-Every open goes through ``_open_for_reading``, ``_open_small_regular_file`` or
-``open_for_append``, so containment rules for hostile run folders belong here.
+
+Containment: a run folder is written by the trainer and lies in a workspace that may be
+hostile, so every path below the workspace is opened with ``runforged.beneath``: relative
+to the workspace, following no symlink (``.ml``, ``.ml/runs``, a run folder or a file
+that is a symlink is refused, whatever it points to), regular files only, non-blocking (a
+FIFO cannot hold a thread), each kind of file under a size cap. What a trainer wrote is
+checked before it reaches the index, a result or a reply (``unsafe_run_json``,
+``safe_partial_artifacts``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ from typing import IO, Annotated, Any, Literal
 import msgspec
 
 from runforge_contract import layout
-from runforge_contract.atomicio import write_bytes_atomic
 from runforge_contract.layout import (
     CANCELLED_MARKER,
     EVENTS_FILE,
@@ -55,7 +60,7 @@ from runforge_contract.layout import (
     RUNS_DIR,
     relative_run_dir,
 )
-from runforge_contract.run_ids import MARKER_RUN_ID_PATTERN
+from runforge_contract.run_ids import MARKER_RUN_ID_PATTERN, is_valid_run_id
 from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Event
@@ -66,11 +71,13 @@ from runforge_protocol.records import (
     RequestRecord,
     ResultRecord,
 )
+from runforged import beneath
 from runforged.errors import RunforgeError
 
 __all__ = [
     "CANCELLED_MARKER",
     "EVENTS_FILE",
+    "INDEX_FILE",
     "INDEX_ORPHAN_MARKER",
     "LOGS_FILE",
     "REQUEST_FILE",
@@ -86,136 +93,238 @@ _json = msgspec.json.Encoder()
 # --------------------------------------------------------------------------- opening
 
 
-# Larger than any file of a run folder but a pathological one: one read takes it whole.
-_READ_SIZE = 1 << 16
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-_NO_ATIME = getattr(os, "O_NOATIME", 0)  # Linux only
+# The largest file of each kind the daemon reads; anything larger is refused, not read.
+DOCUMENT_MAX_BYTES = 64 << 20  # run.json, metrics, interpretability documents, records
+_ML = ".ml"
+
+
+def _split(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(the workspace, the path relative to it) of a path inside a workspace's ``.ml``
+    folder: the workspace ends before the last ``.ml`` component (no run id, and no file
+    name of a run folder, is ``.ml``)."""
+    parts = Path(path).parts
+    for at in range(len(parts) - 1, 0, -1):
+        if parts[at] == _ML:
+            return str(Path(*parts[:at])), "/".join(parts[at:])
+    raise ValueError(f"{path} is not inside a workspace's {_ML} folder")
+
+
+@contextlib.contextmanager
+def _in_workspace(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """An open descriptor of the workspace holding ``path``, and ``path`` relative to it."""
+    workspace, relative = _split(path)
+    with beneath.opened(beneath.open_root(workspace)) as root:
+        yield root, relative
+
+
+def _read(path: str, dir_fd: int | None, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    if dir_fd is not None:
+        return beneath.read_regular(dir_fd, path, max_bytes)
+    with _in_workspace(path) as (root, relative):
+        return beneath.read_regular(root, relative, max_bytes)
 
 
 def read_file(path: str, *, dir_fd: int | None = None) -> bytes:
-    """The whole file, with the fewest system calls (recovery reads 10^5 small files):
-    open, one read, close. ``path`` is relative to ``dir_fd`` when that is given."""
-    fd = _open_for_reading(path, dir_fd)
-    try:
-        return _read_to_end(fd)
-    finally:
-        os.close(fd)
+    """The whole regular file ``path`` (relative to ``dir_fd`` when given, else a path
+    inside a workspace's ``.ml``), contained as the module docstring says; raises OSError."""
+    return _read(path, dir_fd, DOCUMENT_MAX_BYTES)[0]
 
 
 def read_file_with_mtime(path: str, *, dir_fd: int | None = None) -> tuple[bytes, int]:
     """Like ``read_file``, with the file's modification time (ns) as of the read."""
-    fd = _open_for_reading(path, dir_fd)
-    try:
-        mtime_ns = os.fstat(fd).st_mtime_ns
-        return _read_to_end(fd), mtime_ns
-    finally:
-        os.close(fd)
-
-
-def _open_for_reading(path: str, dir_fd: int | None) -> int:
-    try:
-        # No access-time update: reading a file the first time after it was written would
-        # otherwise write its inode back (relatime), doubling the kernel's share of the cost.
-        return os.open(path, _READ_FLAGS | _NO_ATIME, dir_fd=dir_fd)
-    except PermissionError as exc:
-        # Only the file's owner may read without updating the access time.
-        if exc.errno != errno.EPERM or not _NO_ATIME:
-            raise
-    return os.open(path, _READ_FLAGS, dir_fd=dir_fd)
-
-
-def _read_to_end(fd: int) -> bytes:
-    data = os.read(fd, _READ_SIZE)
-    if len(data) < _READ_SIZE:
-        # A regular file reads short only at its end: no second read to see b"".
-        return data
-    chunks = [data]
-    while chunk := os.read(fd, _READ_SIZE):
-        chunks.append(chunk)
-    return b"".join(chunks)
+    data, status = _read(path, dir_fd, DOCUMENT_MAX_BYTES)
+    return data, status.st_mtime_ns
 
 
 def _open_small_regular_file(path: Path, max_bytes: int) -> bytes | None:
     """A file written by the trainer, read defensively: None unless it is a regular file
-    (not a symlink, not a FIFO: O_NONBLOCK so that one planted here cannot hang the
-    daemon) of at most ``max_bytes``."""
+    reached without a symlink, of at most ``max_bytes``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return _read(str(path), None, max_bytes)[0]
     except OSError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = b""
-        while len(data) <= max_bytes:
-            chunk = os.read(fd, max_bytes + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return None if len(data) > max_bytes else data
+
+
+def reason(exc: OSError) -> str:
+    """Why an open in a workspace failed, said for people."""
+    if exc.errno == errno.ELOOP:
+        return "it is, or is reached through, a symlink (not followed inside a workspace)"
+    if exc.errno == errno.EXDEV:
+        return "it is outside the workspace"
+    return exc.strerror or str(exc)
 
 
 def open_for_append(run_dir: Path, name: str) -> IO[bytes]:
     """``events.jsonl`` or ``logs.txt``, opened for appending (the caller closes it)."""
     if name not in (EVENTS_FILE, LOGS_FILE):
         raise ValueError(f"{name} is not an append-only file of a run folder")
-    return open(run_dir / name, "ab")  # the caller owns it
+    with _in_workspace(run_dir / name) as (root, relative):
+        fd = _open_append(root, relative)
+    return os.fdopen(fd, "ab")  # the caller owns it
+
+
+def _open_append(root: int, relative: str) -> int:
+    fd = beneath.open_beneath(
+        root, relative, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666
+    )
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise beneath.NotRegularFile(errno.EINVAL, "not a regular file", relative)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def list_files(run_dir: Path) -> set[str]:
     """The names in a run folder; raises RunFolderError when it cannot be listed."""
     try:
-        return set(os.listdir(run_dir))
+        with (
+            _in_workspace(run_dir) as (root, relative),
+            beneath.opened(beneath.open_dir(root, relative)) as fd,
+        ):
+            return set(os.listdir(fd))
     except OSError as exc:
         raise RunFolderError(
-            RecoverySkipError.READ_ERROR, f"run folder could not be listed: {exc.strerror}"
+            RecoverySkipError.READ_ERROR, f"run folder could not be listed: {reason(exc)}"
         ) from exc
 
 
-def list_run_folders(runs_dir: str, *, runs_fd: int | None = None) -> list[str]:
+def list_run_folders(
+    runs_dir: str, *, runs_fd: int | None = None, with_symlinks: bool = False
+) -> list[str]:
     """Names of the run folders in ``.ml/runs`` (read through ``runs_fd`` when it is
-    open), sorted (so reports are reproducible); none when it does not exist.
+    open), sorted (so reports are reproducible); none when it does not exist. Symlinks
+    are not run folders (``with_symlinks``: list them too, for recovery to report).
 
     Hidden entries are not runs (a run id never starts with a dot).
     """
     try:
-        with os.scandir(runs_dir if runs_fd is None else runs_fd) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+        fd = open_runs_folder(runs_dir) if runs_fd is None else os.dup(runs_fd)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         raise unreadable_runs_folder(runs_dir, exc) from exc
+    try:
+        with os.scandir(fd) as it:
+            return sorted(
+                e.name
+                for e in it
+                if not e.name.startswith(".")
+                and (e.is_dir(follow_symlinks=False) or (with_symlinks and e.is_symlink()))
+            )
+    except OSError as exc:
+        raise unreadable_runs_folder(runs_dir, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def open_runs_folder(runs_dir: str) -> int:
     """A descriptor of ``.ml/runs`` for reads relative to it; raises OSError."""
-    return os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with _in_workspace(runs_dir) as (root, relative):
+        return beneath.open_dir(root, relative)
 
 
 def open_run_folder(name: str, *, runs_fd: int) -> int:
     """A descriptor of run folder ``name`` of the open runs folder; raises OSError."""
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=runs_fd)
+    return beneath.open_dir(runs_fd, name)
+
+
+def create_runs_folder(workspace: Path) -> int:
+    """``.ml/runs`` of ``workspace``, made if missing, as an open descriptor; raises
+    RunforgeError (INVALID_PATH: a symlink on the way; WORKSPACE_UNWRITABLE)."""
+    try:
+        with beneath.opened(beneath.open_root(workspace)) as root:
+            return beneath.open_dir(root, str(RUNS_DIR), create=True)
+    except OSError as exc:
+        raise workspace_error(workspace, str(RUNS_DIR), exc) from exc
+
+
+def create_run_folder(runs_fd: int, run_id: str) -> bool:
+    """Make run folder ``run_id`` in the open runs folder; False if it already exists
+    (exactly one caller creates a given folder). Raises OSError."""
+    try:
+        os.mkdir(run_id, 0o755, dir_fd=runs_fd)
+    except FileExistsError:
+        return False
+    return True
+
+
+def remove_new_run_folder(workspace: Path, run_id: str) -> None:
+    """Remove a run folder made by ``create_run_folder`` that could not be set up (its
+    ``request.json`` did not fit on the disk): no empty run folder is left behind."""
+    with (
+        contextlib.suppress(OSError),
+        beneath.opened(open_runs_folder(str(workspace / RUNS_DIR))) as runs_fd,
+    ):
+        with beneath.opened(beneath.open_dir(runs_fd, run_id)) as fd:
+            for name in os.listdir(fd):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+        os.rmdir(run_id, dir_fd=runs_fd)
+
+
+def workspace_error(workspace: Path, relative: str, exc: OSError) -> RunforgeError:
+    """The structured error of a failed open or write at ``relative`` in ``workspace``."""
+    if exc.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        with contextlib.suppress(OSError), beneath.opened(beneath.open_root(workspace)) as root:
+            relative = beneath.symlink_on_the_way(root, relative) or relative
+        return RunforgeError(
+            ErrorCode.INVALID_PATH,
+            f"{relative} in {workspace} is a symlink or not a directory: RunForge does not "
+            "follow symlinks inside a workspace",
+            f"make {relative} a real directory of the workspace (a bind mount works for "
+            "another disk)",
+            {"workspace": str(workspace), "path": relative},
+        )
+    code = errno.errorcode.get(exc.errno or 0, "EIO")
+    return RunforgeError(
+        ErrorCode.WORKSPACE_UNWRITABLE,
+        f"cannot write {relative} in {workspace}: {exc.strerror or exc}",
+        "free space on the workspace's disk, or fix its permissions, then try again",
+        {"workspace": str(workspace), "path": relative, "errno": code},
+    )
 
 
 def unreadable_runs_folder(runs_dir: str, exc: OSError) -> RunforgeError:
     return RunforgeError(
         ErrorCode.INVALID_PATH,
-        f"the runs folder {runs_dir} could not be read: {exc.strerror or exc}",
+        f"the runs folder {runs_dir} could not be read: {reason(exc)}",
         remediation=f"make {runs_dir} a readable directory",
         details={"path": runs_dir, "error_type": type(exc).__name__},
     )
 
 
+def _lstat_beneath(path: Path) -> os.stat_result | None:
+    try:
+        with (
+            _in_workspace(path) as (root, relative),
+            beneath.opened(beneath.open_beneath(root, relative, os.O_PATH)) as fd,
+        ):
+            return os.fstat(fd)
+    except OSError:
+        return None
+
+
 def has_file(run_dir: Path, name: str) -> bool:
-    return (run_dir / name).is_file()
+    found = _lstat_beneath(run_dir / name)
+    return found is not None and stat.S_ISREG(found.st_mode)
 
 
 def exists(run_dir: Path) -> bool:
-    return run_dir.is_dir()
+    """Whether the run folder is a real directory (a symlink in its place is not)."""
+    found = _lstat_beneath(run_dir)
+    return found is not None and stat.S_ISDIR(found.st_mode)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` (in a run folder) atomically, through a descriptor of its folder
+    reached without a symlink; raises OSError."""
+    with (
+        _in_workspace(path.parent) as (root, relative),
+        beneath.opened(beneath.open_dir(root, relative)) as folder,
+    ):
+        beneath.write_atomic(folder, path.name, data)
 
 
 # --------------------------------------------------------------------------- errors
@@ -234,8 +343,9 @@ def file_error(file_name: str, exc: OSError) -> RunFolderError:
     """Why a run folder cannot make an entry when its file ``file_name`` failed to read."""
     if file_name == RUN_FILE and isinstance(exc, FileNotFoundError):
         return RunFolderError(RecoverySkipError.MISSING_RUN_JSON, "run.json not found")
-    reason = exc.strerror or type(exc).__name__
-    return RunFolderError(RecoverySkipError.READ_ERROR, f"{file_name} could not be read: {reason}")
+    return RunFolderError(
+        RecoverySkipError.READ_ERROR, f"{file_name} could not be read: {reason(exc)}"
+    )
 
 
 # --------------------------------------------------------------------------- run.json
@@ -283,7 +393,7 @@ def decode_run_json(data: bytes) -> RunJson:
     cannot make an index entry."""
     try:
         run = _run_json_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         # ValidationError is a DecodeError: both mean the runner's file is not usable.
         raise RunFolderError(
             RecoverySkipError.CORRUPT_RUN_JSON, f"run.json is not a valid run record: {exc}"
@@ -300,7 +410,85 @@ def decode_run_json(data: bytes) -> RunJson:
             RecoverySkipError.CORRUPT_RUN_JSON,
             "run.json dataset.fingerprint_sha256 is not 64 lowercase hex digits",
         )
+    # What goes into the index: never a path out of the run folder, never a control
+    # character. The messages do not repeat the hostile value.
+    problem = None
+    if not is_valid_run_id(run.run_id):
+        problem = "run_id is not a valid run id"
+    elif not safe_relative_path(run.artifacts.model_pkl):
+        problem = "artifacts.model_pkl is not a relative path inside the run folder"
+    elif not _plain_text(run.label_column):
+        problem = "label_column holds a control character"
+    elif not all(_plain_text(name) for name in run.metrics):
+        problem = "a metrics name holds a control character"
+    if problem is not None:
+        raise RunFolderError(RecoverySkipError.CORRUPT_RUN_JSON, f"run.json {problem}")
     return run
+
+
+# --------------------------------------------------------------------------- trainer paths
+
+# C0 and C1 control characters and DEL: a NUL cannot pass through a path or a command
+# line, and the others forge terminal output and log lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Inside a document a person reads, tab and line breaks are text.
+_CONTROL_IN_DOCUMENT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_MAX_PATH_CHARS = 4096
+
+
+def _plain_text(value: str) -> bool:
+    return not _CONTROL.search(value)
+
+
+def safe_relative_path(value: object) -> bool:
+    """Whether a path a trainer wrote may be stored or shown: relative, with no ``..``,
+    ``.`` or empty component (so it stays inside the folder it is relative to), no
+    backslash, no control character, at most 4096 characters."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_PATH_CHARS:
+        return False
+    if value.startswith("/") or "\\" in value or _CONTROL.search(value):
+        return False
+    return all(part not in ("", ".", "..") for part in value.split("/"))
+
+
+def unsafe_run_json(document: Any) -> str | None:
+    """Why a ``run.json`` document must not be shown as it is (None when it may): an
+    artifact path that leaves the run folder, a run id that is not one, or a control
+    character (other than tab and line breaks) in any string of it."""
+    if not isinstance(document, dict):
+        return None
+    artifacts = document.get("artifacts")
+    paths: list[tuple[str, object]] = []
+    if isinstance(artifacts, dict):
+        paths += [(f"artifacts.{k}", v) for k, v in artifacts.items()]
+    metrics_v1 = document.get("metrics_v1")
+    if isinstance(metrics_v1, dict) and "artifact_path" in metrics_v1:
+        paths.append(("metrics_v1.artifact_path", metrics_v1["artifact_path"]))
+    paths += [(k, v) for k, v in document.items() if k.endswith("_artifact")]
+    for name, value in paths:
+        if not safe_relative_path(value):
+            return f"{name} is not a relative path inside the run folder"
+    run_id = document.get("run_id")
+    if isinstance(run_id, str) and not is_valid_run_id(run_id):
+        return "run_id is not a valid run id"
+    if _has_control_character(document):
+        return "it holds a control character"
+    return None
+
+
+def _has_control_character(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return bool(_CONTROL_IN_DOCUMENT.search(value))
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        return any(
+            _has_control_character(k, depth + 1) or _has_control_character(v, depth + 1)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_control_character(v, depth + 1) for v in value)
+    return False
 
 
 def run_json_usable(run_dir: Path) -> bool:
@@ -329,7 +517,7 @@ def decode_request(data: bytes) -> RequestRecord:
     """The content of a ``request.json``; raises RunFolderError (READ_ERROR) if unusable."""
     try:
         return _request_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise RunFolderError(
             RecoverySkipError.READ_ERROR, f"request.json could not be read: {exc}"
         ) from exc
@@ -344,7 +532,7 @@ def load_request(run_dir: Path) -> RequestRecord | None:
 
 
 def write_request(run_dir: Path, record: RequestRecord) -> None:
-    write_bytes_atomic(run_dir / REQUEST_FILE, _json.encode(record) + b"\n")
+    _write_atomic(run_dir / REQUEST_FILE, _json.encode(record) + b"\n")
 
 
 # --------------------------------------------------------------------------- result.json
@@ -363,7 +551,7 @@ def decode_result(data: bytes) -> ResultRecord:
     """The content of a ``result.json``; raises RunFolderError (READ_ERROR) if unusable."""
     try:
         return _result_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise RunFolderError(
             RecoverySkipError.READ_ERROR, f"result.json could not be read: {exc}"
         ) from exc
@@ -379,7 +567,7 @@ def load_result(run_dir: Path) -> ResultRecord | None:
 
 def write_result(run_dir: Path, result: ResultRecord) -> None:
     """Replace the run's ``result.json`` atomically; raises OSError."""
-    write_bytes_atomic(run_dir / RESULT_FILE, _json.encode(result) + b"\n")
+    _write_atomic(run_dir / RESULT_FILE, _json.encode(result) + b"\n")
 
 
 # --------------------------------------------------------------------------- .cancelled
@@ -415,9 +603,16 @@ def read_cancelled_marker(run_dir: str | os.PathLike[str]) -> CancelledMarker | 
     if data is None:
         return None
     try:
-        return _marker_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        marker = _marker_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
+    # Written by the trainer: only what is safe to store and show goes on.
+    return msgspec.structs.replace(
+        marker,
+        run_dir=marker.run_dir if safe_relative_path(marker.run_dir) else "",
+        reason=_CONTROL.sub("?", marker.reason),
+        partial_artifacts=[p for p in marker.partial_artifacts if safe_relative_path(p)],
+    )
 
 
 # --------------------------------------------------------------------------- .index-orphan
@@ -448,7 +643,7 @@ def write_index_orphan_marker(workspace: Path, run_id: str, exc: BaseException) 
         index_path=INDEX_FILE,
     )
     path = workspace / RUNS_DIR / run_id / INDEX_ORPHAN_MARKER
-    write_bytes_atomic(path, _json.encode(marker))
+    _write_atomic(path, _json.encode(marker))
     return path
 
 
@@ -459,7 +654,7 @@ def read_index_orphan_error(run_dir: Path) -> str | None:
         marker = _orphan_marker_decoder.decode(read_file(str(run_dir / INDEX_ORPHAN_MARKER)))
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError) as exc:
+    except (OSError, msgspec.DecodeError, RecursionError) as exc:
         return f"unreadable {INDEX_ORPHAN_MARKER} marker: {exc}"
     return f"{marker.error.type}: {marker.error.message}"
 
@@ -467,20 +662,27 @@ def read_index_orphan_error(run_dir: Path) -> str | None:
 def has_index_orphan_marker(folder_name: str, *, dir_fd: int) -> bool:
     """Whether run folder ``folder_name`` (relative to the open runs folder) has a marker;
     a bool, not an exception, in the common case of none (10^5 times per recovery)."""
-    return os.access(
-        f"{folder_name}/{INDEX_ORPHAN_MARKER}", os.F_OK, dir_fd=dir_fd, follow_symlinks=False
-    )
+    try:
+        fd = beneath.open_beneath(dir_fd, f"{folder_name}/{INDEX_ORPHAN_MARKER}", os.O_PATH)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def delete_index_orphan_marker(runs_dir: Path | int, folder_name: str) -> None:
     """Remove run folder ``folder_name``'s marker; ``runs_dir`` is ``.ml/runs`` or an open
     descriptor of it. Raises OSError, but not when the marker is already gone."""
-    relative = f"{folder_name}/{INDEX_ORPHAN_MARKER}"
-    with contextlib.suppress(FileNotFoundError):
-        if isinstance(runs_dir, int):
-            os.unlink(relative, dir_fd=runs_dir)
-        else:
-            os.unlink(runs_dir / relative)
+    runs_fd = runs_dir if isinstance(runs_dir, int) else open_runs_folder(str(runs_dir))
+    try:
+        with (
+            contextlib.suppress(FileNotFoundError),
+            beneath.opened(beneath.open_dir(runs_fd, folder_name)) as folder,
+        ):
+            os.unlink(INDEX_ORPHAN_MARKER, dir_fd=folder)
+    finally:
+        if not isinstance(runs_dir, int):
+            os.close(runs_fd)
 
 
 # --------------------------------------------------------------------------- metrics.json
@@ -490,7 +692,7 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
     """Numeric top-level values of the runner's ``metrics.json``."""
     try:
         document = msgspec.json.decode(read_file(str(run_dir / METRICS_FILE)))
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return {}
     if not isinstance(document, dict):
         return {}
@@ -506,13 +708,25 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+# Our own lines are a few hundred bytes (an event relayed from a trainer at most 64 KiB);
+# a longer one was planted, and is skipped without being held in memory.
+EVENT_LINE_MAX_BYTES = 1 << 20
+
+
 def _event_lines(run_dir: Path) -> Iterator[bytes]:
-    with open(run_dir / EVENTS_FILE, "rb") as handle:
-        yield from handle
+    with _in_workspace(run_dir / EVENTS_FILE) as (root, relative):
+        fd = beneath.open_regular_for_reading(root, relative)
+    with os.fdopen(fd, "rb") as handle:
+        too_long = False
+        while line := handle.readline(EVENT_LINE_MAX_BYTES):
+            complete = line.endswith(b"\n")
+            if not too_long and (complete or len(line) < EVENT_LINE_MAX_BYTES):
+                yield line
+            too_long = not complete and len(line) == EVENT_LINE_MAX_BYTES
 
 
 def has_events(run_dir: Path) -> bool:
-    return (run_dir / EVENTS_FILE).is_file()
+    return has_file(run_dir, EVENTS_FILE)
 
 
 def read_events(run_dir: Path, since: int, limit: int) -> tuple[list[Event], int]:
@@ -523,7 +737,7 @@ def read_events(run_dir: Path, since: int, limit: int) -> tuple[list[Event], int
     for line in _event_lines(run_dir):
         try:
             event = _event_decoder.decode(line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             continue
         last = max(last, event.run_seq)
         if event.run_seq > since and len(events) < limit:
@@ -542,7 +756,7 @@ def last_run_seq(run_dir: Path) -> int:
             ),
             default=0,
         )
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return 0
 
 
@@ -561,7 +775,7 @@ def events_seen(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, bool]:
 def append_event(run_dir: Path, event: Event) -> None:
     """Append one event durably after whatever is there (a torn last line included: it is
     closed by a newline first). Errors are swallowed: the log is best effort."""
-    with contextlib.suppress(OSError), open(run_dir / EVENTS_FILE, "ab") as handle:
+    with contextlib.suppress(OSError), open_for_append(run_dir, EVENTS_FILE) as handle:
         handle.write(b"\n" + _json.encode(event) + b"\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -579,18 +793,34 @@ def read_document(run_dir: Path, name: str) -> Any:
     None when absent; raises RunforgeError (ARTIFACT_NOT_FOUND) when it is unreadable."""
     path = run_dir / name
     try:
-        return msgspec.json.decode(read_file(str(path)))
+        document = msgspec.json.decode(read_file(str(path)))
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError) as exc:
+    except OSError as exc:
+        raise RunforgeError(
+            ErrorCode.ARTIFACT_NOT_FOUND,
+            f"{path.name} of this run cannot be read: {reason(exc)}",
+            "the file is corrupt; 'runforgectl recover' will report the run folder",
+            {"path": str(path)},
+        ) from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise RunforgeError(
             ErrorCode.ARTIFACT_NOT_FOUND,
             f"{path.name} of this run cannot be read: {exc}",
             "the file is corrupt; 'runforgectl recover' will report the run folder",
             {"path": str(path)},
         ) from exc
+    problem = unsafe_run_json(document) if name == RUN_FILE else None
+    if problem is not None:
+        raise RunforgeError(
+            ErrorCode.ARTIFACT_NOT_FOUND,
+            f"run.json of this run is not shown: {problem}",
+            "the trainer wrote an invalid run.json; see the run's logs.txt",
+            {"path": str(path)},
+        )
+    return document
 
 
 def write_document(run_dir: Path, name: str, data: bytes) -> None:
     """Write an export (``run-summary.md``) into the run folder atomically."""
-    write_bytes_atomic(run_dir / name, data)
+    _write_atomic(run_dir / name, data)

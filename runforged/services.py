@@ -16,7 +16,7 @@ from runforge_contract.timestamps import utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
 from runforge_protocol.records import RequestRecord
-from runforged import paths, run_folder
+from runforged import beneath, paths, run_folder
 from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
@@ -197,7 +197,14 @@ class Services:
             cancel_grace_s=settings.cancel_grace_seconds,
             argv=argv,
         )
-        run_folder.write_request(run_dir, record)
+        try:
+            run_folder.write_request(run_dir, record)
+        except OSError as exc:
+            # A full disk, most likely: no empty run folder stays behind.
+            run_folder.remove_new_run_folder(workspace, run_id)
+            raise run_folder.workspace_error(
+                workspace, f"{record.run_dir}/{run_folder.REQUEST_FILE}", exc
+            ) from exc
         env["RUNFORGE_DATASET"] = str(dataset)
         env["RUNFORGE_CANCEL_GRACE_S"] = repr(float(settings.cancel_grace_seconds))
         env["RUNFORGE_RUN_ID"] = run_id
@@ -242,30 +249,19 @@ class Services:
         return choose_device(settings.device, settings.preset, gpu).device
 
     def _allocate_run_dir(self, workspace: Path) -> tuple[str, Path]:
-        runs = paths.runs_dir(workspace)
-        _make_dir(runs, parents=True)
-        for _ in range(100):
-            run_id = paths.new_run_id()
-            run_dir = runs / run_id
-            if _make_dir(run_dir):  # atomic: exactly one caller creates a given folder
-                return run_id, run_dir
+        """A new, empty run folder (never through a symlink); raises RunforgeError."""
+        with beneath.opened(run_folder.create_runs_folder(workspace)) as runs_fd:
+            for _ in range(100):
+                run_id = paths.new_run_id()
+                try:
+                    # Atomic: exactly one caller creates a given folder.
+                    if run_folder.create_run_folder(runs_fd, run_id):
+                        return run_id, paths.run_dir(workspace, run_id)
+                except OSError as exc:
+                    raise run_folder.workspace_error(
+                        workspace, run_folder.relative_run_dir(run_id), exc
+                    ) from exc
         raise RunforgeError(ErrorCode.INTERNAL_ERROR, "could not allocate a unique run id")
-
-
-def _make_dir(path: Path, *, parents: bool = False) -> bool:
-    """Create ``path``; False if it already existed (only without ``parents``)."""
-    try:
-        path.mkdir(parents=parents, exist_ok=parents)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        raise RunforgeError(
-            ErrorCode.INVALID_PATH,
-            f"cannot create {path}: {exc.strerror}",
-            "check the workspace's permissions and free space",
-            {"path": str(path)},
-        ) from exc
-    return True
 
 
 def _info(exc: RunforgeError) -> ErrorInfo:

@@ -354,6 +354,13 @@ class RunSupervisor:
         elif exit_code is None:
             verdict = outcome.never_started(evidence.failure_message)
         else:
+            if not run_folder.exists(run.run_dir):
+                # Swapped for a symlink (or removed) by the trainer: nothing is read or
+                # written through it, so the run cannot have completed.
+                evidence.failure_message = (
+                    "the run folder was replaced by a symlink or removed; nothing is read "
+                    "or written through it"
+                )
             evidence.run_json_usable = run_folder.run_json_usable(run.run_dir)
             verdict = outcome.trainer_exited(exit_code, evidence)
         state = verdict.state

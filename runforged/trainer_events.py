@@ -28,6 +28,8 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
         obj = _decoder.decode(stripped)
     except msgspec.DecodeError as exc:
         raise InvalidEventLine(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEventLine("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidEventLine(f"JSON {type(obj).__name__}, not an event object")
     kind = obj.get("event")

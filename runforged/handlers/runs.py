@@ -123,7 +123,15 @@ async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
                 {"run_id": run_id, "workspace": str(workspace)},
             )
         return ReplayResult(run_id=run_id, events=[], last_run_seq=live.run_seq, terminal=False)
-    events, last = await asyncio.to_thread(run_folder.read_events, folder, request.since, limit)
+    try:
+        events, last = await asyncio.to_thread(run_folder.read_events, folder, request.since, limit)
+    except OSError as exc:
+        raise RunforgeError(
+            ErrorCode.ARTIFACT_NOT_FOUND,
+            f"the events of run {run_id} cannot be read: {run_folder.reason(exc)}",
+            "see the run folder's events.jsonl",
+            {"run_id": run_id, "workspace": str(workspace)},
+        ) from exc
     if live is not None:
         return ReplayResult(
             run_id=run_id, events=events, last_run_seq=max(last, live.run_seq), terminal=False
