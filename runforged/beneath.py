@@ -165,7 +165,7 @@ def read_regular(dir_fd: int, path: str, max_bytes: int) -> tuple[bytes, os.stat
     """The whole regular file ``path`` beneath ``dir_fd`` (at most ``max_bytes``) and its
     status; raises OSError (``NotRegularFile``, ``FileTooLarge`` included)."""
     fd = _open_no_atime(dir_fd, path)
-    with opened(fd):
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", path)
@@ -185,6 +185,8 @@ def read_regular(dir_fd: int, path: str, max_bytes: int) -> tuple[bytes, os.stat
                 raise FileTooLarge(errno.EFBIG, f"larger than {max_bytes} bytes", path)
             chunks.append(chunk)
         return b"".join(chunks), status
+    finally:
+        os.close(fd)
 
 
 _NO_ATIME = getattr(os, "O_NOATIME", 0)  # Linux only

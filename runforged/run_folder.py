@@ -101,12 +101,13 @@ _ML = ".ml"
 def _split(path: str | os.PathLike[str]) -> tuple[str, str]:
     """(the workspace, the path relative to it) of a path inside a workspace's ``.ml``
     folder: the workspace ends before the last ``.ml`` component (no run id, and no file
-    name of a run folder, is ``.ml``)."""
+    name of a run folder, is ``.ml``). A path outside any ``.ml`` (a bare run folder, in
+    tests) is contained in its own directory: only its last component is checked."""
     parts = Path(path).parts
     for at in range(len(parts) - 1, 0, -1):
         if parts[at] == _ML:
             return str(Path(*parts[:at])), "/".join(parts[at:])
-    raise ValueError(f"{path} is not inside a workspace's {_ML} folder")
+    return os.path.dirname(path) or ".", os.path.basename(path)
 
 
 @contextlib.contextmanager
