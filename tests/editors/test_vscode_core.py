@@ -18,7 +18,13 @@ def test_vscode_core_against_the_real_daemon() -> None:
     )
     run([npx, "tsc", "-p", "."], VSCODE_DIR, timeout=300)
     run(
-        ["node", "--test", "--test-concurrency=1", "out/test/core.test.js"],
+        [
+            "node",
+            "--test",
+            "--test-concurrency=1",
+            "out/test/manifest.test.js",
+            "out/test/core.test.js",
+        ],
         VSCODE_DIR,
         timeout=600,
     )
