@@ -204,6 +204,7 @@ class Bridge:
 
     def _on_disconnected(self) -> None:
         self._drain_control()  # replies that arrived before the connection broke
+        was_lost = self.lost
         self.connected = False
         self.lost = True
         self.internal.clear()
@@ -219,7 +220,8 @@ class Bridge:
                 )
             )
         self._connect_control()
-        self._emit({"notify": "daemon_lost", "data": {"pid": self.daemon_pid}})
+        if not was_lost:  # one notice per absence (a daemon may drop us again mid-start)
+            self._emit({"notify": "daemon_lost", "data": {"pid": self.daemon_pid}})
 
     def _on_hello(self, reply: m.Reply) -> None:
         if not isinstance(reply.result, m.HelloResult):

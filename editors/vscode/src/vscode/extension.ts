@@ -86,24 +86,29 @@ function showRunProgress(view: RunView): void {
     return;
   }
   shownRuns.add(view.runId);
+  followInNotification(view, true);
+}
+
+/** VS Code closes a progress notification as soon as its Cancel button is pressed, so a
+ * cancel from there continues in a second notification showing the daemon's countdown. */
+function followInNotification(view: RunView, cancellable: boolean): void {
   const svc = getService();
   void vscode.window.withProgress(
-    {
-      location: vscode.ProgressLocation.Notification,
-      title: `RunForge ${view.runId}`,
-      cancellable: true,
-    },
+    { location: vscode.ProgressLocation.Notification, title: `RunForge ${view.runId}`, cancellable },
     (progress, token) =>
       new Promise<void>((resolve) => {
         let reported = 0;
+        const finish = (): void => {
+          svc.off("run", onRun);
+          resolve();
+        };
         const update = (current: RunView): void => {
           const percent = percentDone(current);
           const increment = percent === null ? undefined : Math.max(0, percent - reported);
           reported = percent ?? reported;
           progress.report({ message: describeRun(current), increment });
           if (current.phase === "ended") {
-            svc.off("run", onRun);
-            resolve();
+            finish();
             const text = `RunForge ${current.runId}: ${describeRun(current)}`;
             if (current.terminalState === "completed") {
               void vscode.window.showInformationMessage(text);
@@ -119,9 +124,14 @@ function showRunProgress(view: RunView): void {
         };
         svc.on("run", onRun);
         token.onCancellationRequested(() => {
-          svc.cancel(view.workspace, view.runId).catch(showError);
+          finish();
+          const current = svc.tracker.get(view.runId) ?? view;
+          if (current.phase !== "ended") {
+            followInNotification(current, false);
+            svc.cancel(view.workspace, view.runId).catch(showError);
+          }
         });
-        update(view);
+        update(svc.tracker.get(view.runId) ?? view);
       }),
   );
 }
