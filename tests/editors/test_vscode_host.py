@@ -8,6 +8,7 @@ which .ci/run sets for a separate step after the main suite."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.editors.tools import VSCODE_DIR, editor_env, require, tool
@@ -94,12 +96,21 @@ def code_server(
         wait_for(lambda: _answers(port), timeout=120)
         yield daemon, workspace, port
     finally:
-        server.terminate()
+        # code-server's extension host (and the bridge under it) would outlive a plain
+        # terminate for a while: end the whole tree.
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+        server.wait()
 
 
 @pytest.mark.timeout(900)
