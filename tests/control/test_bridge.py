@@ -19,6 +19,7 @@ from tests.harness import (
     start_detached,
     trainer_workspace,
     wait_for,
+    wait_result,
 )
 
 
@@ -180,6 +181,7 @@ def test_watch_delivers_every_run_event_once_in_order(
         for rid in (run_id, other):
             seqs = [e["run_seq"] for e in _run_events(lines, rid)]
             assert seqs == list(range(1, len(seqs) + 1))
+            wait_result(workspace, rid)  # the daemon's log may be flushed after the publish
             assert seqs == [e["run_seq"] for e in events_on_disk(workspace, rid)]
             assert _run_events(lines, rid)[-1]["data"]["state"] == "completed"
         assert b.close() == 0
