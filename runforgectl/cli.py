@@ -8,15 +8,37 @@ import sys
 from runforgectl import output
 from runforgectl.client import DaemonError, DaemonUnavailable
 from runforgectl.context import Context
-from runforgectl.exits import EXIT_DAEMON_ERROR, EXIT_UNAVAILABLE
-from runforgectl.parser import AUTOSTART_ENV, build_parser, requested_command
+from runforgectl.exits import (
+    EXIT_DAEMON_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_PIPE_CLOSED,
+    EXIT_UNAVAILABLE,
+)
+from runforgectl.parser import AUTOSTART_ENV, UsageParser, build_parser, requested_command
 
 # Commands that never need a running daemon (or manage it themselves).
-_NO_AUTOSTART = ("daemon", "sample-data")
+_NO_AUTOSTART = ("daemon", "sample-data", "completion")
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    try:
+        return _run(arguments)
+    except BrokenPipeError:
+        # The reader went away (`runforgectl events | head -3`): end quietly, as a tool
+        # killed by SIGPIPE would. Point stdout at /dev/null so that the interpreter's
+        # final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(arguments: list[str]) -> int:
+    UsageParser.json_errors = "--json" in arguments
     parser = build_parser(requested_command(arguments))
     args = parser.parse_args(arguments)
     args.json = getattr(args, "json", False)

@@ -27,3 +27,6 @@ CANCEL_EXIT = {
     RunState.COMPLETED: EXIT_COMPLETED_DESPITE_CANCEL,
     RunState.CANCELLED_GRACEFUL: EXIT_OK,
 }
+
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
+EXIT_PIPE_CLOSED = 141  # stdout closed early, `| head` (128 + SIGPIPE), as a shell reports it

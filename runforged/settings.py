@@ -10,7 +10,8 @@ Which source may set which key:
 key                           user  workspace  request
 ============================  ====  =========  =======
 pythonPath, mlRunnerModule    yes   yes        yes
-datasetPath, modelFamily      yes   yes        yes
+datasetPath, labelColumn      yes   yes        yes
+modelFamily                   yes   yes        yes
 profile, preset, device       yes   yes        yes
 cancelGraceSeconds            yes   yes        yes
 maxConcurrentRuns             yes   yes        no
@@ -21,7 +22,9 @@ A workspace is someone else's repository as often as it is the user's own, so it
 raise a limit that protects the whole machine; a global key found in a workspace file is
 ignored with a warning. Limits are daemon policy, not a property of one run, so requests
 cannot set them. Unknown keys are ignored with a warning; a wrong type or value is a
-``SETTINGS_INVALID`` error naming the file, the key and the line.
+``SETTINGS_INVALID`` error naming the file, the key and the line. A settings file larger
+than ``MAX_SETTINGS_FILE_BYTES`` is refused with the same error rather than read (a
+workspace may be hostile); reading is done off the event loop (``Services``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from runforged.errors import RunforgeError
 
 # --- JSONC -------------------------------------------------------------------------------
 
+MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
 _MAX_DEPTH = 256  # deeper nesting is hostile, not a settings file; fail before Python does
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]*')
@@ -66,9 +70,18 @@ class _JsoncParser:
         self.pos = 1 if text.startswith("\ufeff") else 0
         # Line of each key of the top-level object, so settings errors can point at it.
         self.top_level_key_lines: dict[str, int] = {}
+        # Lines are counted forward from the last position asked about, so that the parse
+        # stays linear in the size of the file (asking from the start each time was
+        # quadratic: 7 s for a 570 KiB settings.json).
+        self._line_pos = 0
+        self._line = 1
 
     def line_at(self, pos: int) -> int:
-        return self.text.count("\n", 0, pos) + 1
+        if pos < self._line_pos:  # only error paths go backwards
+            return self.text.count("\n", 0, pos) + 1
+        self._line += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line
 
     def error(self, message: str, pos: int | None = None) -> JsoncError:
         at = self.pos if pos is None else pos
@@ -281,6 +294,7 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     python_path: str
     ml_runner_module: str
     dataset_path: str | None
+    label_column: str | None
     model_family: ModelFamily
     profile: Profile
     preset: Preset
@@ -318,6 +332,14 @@ def _optional_path_string(value: Any) -> Any:
     return None if value is None else _path_string(value)
 
 
+def _optional_column(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\0" in value or "\n" in value:
+        raise _InvalidValue("a column name (a non-empty string on one line)")
+    return value
+
+
 def _module_name(value: Any) -> Any:
     # The value lands after `-m`: anything but a dotted module name could inject options.
     if not isinstance(value, str) or not _MODULE_NAME.fullmatch(value):
@@ -352,6 +374,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("pythonPath", "python_path", _path_string),
     _Setting("mlRunnerModule", "ml_runner_module", _module_name),
     _Setting("datasetPath", "dataset_path", _optional_path_string),
+    _Setting("labelColumn", "label_column", _optional_column),
     _Setting("modelFamily", "model_family", _choice(get_args(ModelFamily))),
     _Setting("profile", "profile", _choice(get_args(Profile))),
     _Setting("preset", "preset", _choice(get_args(Preset))),
@@ -375,6 +398,7 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "pythonPath": default_python,
         "mlRunnerModule": "runforge_runner",
         "datasetPath": None,
+        "labelColumn": None,
         "modelFamily": "logistic_regression",
         "profile": "default",
         "preset": "std-train",
@@ -419,10 +443,22 @@ def _invalid(message: str, file: str | None, **details: Any) -> RunforgeError:
 def _read_settings_file(path: Path) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The file's object and key lines, or None if there is no such file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if len(data) > MAX_SETTINGS_FILE_BYTES:
+        raise _invalid(
+            f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES // (1024 * 1024)} "
+            f"MiB; refusing to read it",
+            str(path),
+            limit_bytes=MAX_SETTINGS_FILE_BYTES,
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
     try:
         return _parse_jsonc_object(text)

@@ -112,6 +112,13 @@ COMMANDS: tuple[Command, ...] = (
         "write the bundled sample datasets into a folder",
         "runforgectl sample-data ./data",
     ),
+    Command(
+        "completion",
+        "completion",
+        "print a bash or zsh completion script",
+        "runforgectl completion bash > ~/.local/share/bash-completion/completions/runforgectl",
+        False,
+    ),
 )
 
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shutil
 import sys
 import time
@@ -85,12 +86,12 @@ def cmd_daemon_start(ctx: Context) -> int:
         else:
             print(f"runforged is already running (pid {pid})")
         return EXIT_OK
-    lifecycle.start_detached(ctx.endpoints, ctx.args.timeout)
+    how = lifecycle.start(ctx.endpoints, ctx.args.timeout)
     result = ctx.call(m.Hello(client="runforgectl"))
     if ctx.json:
         output.print_json(result)
     else:
-        print(f"runforged started (pid {result.pid}) on {ctx.endpoints.control}")
+        print(f"runforged started (pid {result.pid}) on {ctx.endpoints.control} ({how})")
     return EXIT_OK
 
 
@@ -124,18 +125,25 @@ def cmd_daemon_stop(ctx: Context) -> int:
 def cmd_daemon_install_service(ctx: Context) -> int:
     runforged = shutil.which("runforged") or str(Path(sys.executable).with_name("runforged"))
     target = Path(ctx.args.dest) if ctx.args.dest else lifecycle.unit_dir() / lifecycle.SERVICE_NAME
-    text = lifecycle.render_unit(runforged)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    lifecycle.write_atomically(target, lifecycle.render_unit(runforged))
+    user = pwd.getpwuid(os.getuid()).pw_name
+    linger = lifecycle.lingering(user)
     if ctx.json:
-        output.print_json({"path": str(target), "exec": runforged})
+        output.print_json({"path": str(target), "exec": runforged, "linger": linger})
     else:
         print(f"wrote {target}")
         print(
             "enable it with: systemctl --user daemon-reload && "
             "systemctl --user enable --now runforged"
+        )
+    if linger is not True:
+        state = "is off" if linger is False else "could not be checked"
+        print(
+            f"warning: lingering {state} for {user}: without it systemd stops your user "
+            f"services when you log out of your last session, and runforged with every "
+            f"training run in it is killed. Keep them running with:\n"
+            f"  loginctl enable-linger {user}",
+            file=sys.stderr,
         )
     return EXIT_OK
 

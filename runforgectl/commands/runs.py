@@ -44,6 +44,11 @@ def cmd_runs(ctx: Context) -> int:
     if ctx.json:
         output.print_json(result)
         return EXIT_OK
+    for kept in result.corrupt_index_kept_as:
+        print(
+            f"! the index was unreadable and was moved aside to {kept} (kept, not deleted); "
+            f"its runs are listed as orphans until 'runforgectl recover'"
+        )
     output.orphan_banner(result.orphans)
     rows: list[list[Any]] = []
     for o in result.orphans:
@@ -51,7 +56,9 @@ def cmd_runs(ctx: Context) -> int:
     for r in result.runs:
         metric = r.final_metrics.get("accuracy")
         note = r.reason or ("" if r.index_status.value == "indexed" else r.index_status.value)
-        rows.append([r.run_id, r.state.value, r.name, r.created_at, metric, note])
+        # The daemon names an unnamed run after its id: do not say it twice.
+        name = "" if r.name == r.run_id else r.name
+        rows.append([r.run_id, r.state.value, name, r.created_at, metric, note])
     if not rows:
         print(f"no runs in {result.workspace}")
         return EXIT_OK
@@ -76,11 +83,16 @@ def _document_command(kind: type[m.RequestBase]) -> Callable[[Context], int]:
             output.print_json(result)
             return EXIT_OK
         output.orphan_banner(result.orphans)
-        print(f"{result.kind} of run {result.run_id} ({result.path})")
+        print(f"{document_title(result.kind, result.run_id)} ({result.path})")
         _print_document(result.kind, result.document)
         return EXIT_OK
 
     return run
+
+
+def document_title(kind: str, run_id: str) -> str:
+    """``run 2024...`` for ``show``, ``feature importance of run 2024...`` for the rest."""
+    return f"run {run_id}" if kind == "run" else f"{kind.replace('_', ' ')} of run {run_id}"
 
 
 def _print_document(kind: str, document: Any) -> None:

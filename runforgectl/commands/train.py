@@ -10,26 +10,47 @@ from typing import Any
 from runforge_protocol import messages as m
 from runforge_protocol.records import RunState
 from runforgectl import output
+from runforgectl.client import DaemonError, DaemonTimeout, DaemonUnavailable
 from runforgectl.context import Context
 from runforgectl.exits import (
     CANCEL_EXIT,
     EXIT_DAEMON_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RUN_FAILED,
-    EXIT_USAGE,
     TRAIN_EXIT,
 )
+
+# The values the daemon accepts (it checks them too: runforged/services.py); a test keeps
+# these in step with the daemon's settings and the runner's own tables.
+PRESETS = ("std-train", "hq-train")
+MODELS = ("logistic_regression", "random_forest", "linear_svc")
+PROFILES = ("default", "fast", "thorough")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def non_negative_seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def cmd_train(ctx: Context) -> int:
     a = ctx.args
-    params: dict[str, str] = {}
-    for item in a.param or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            print(f"runforgectl: --param expects NAME=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
-        params[key] = value
+    params = dict(a.param or [])
     request = m.Train(
         workspace=ctx.workspace(),
         preset=a.preset,
@@ -41,8 +62,10 @@ def cmd_train(ctx: Context) -> int:
         params=params,
         grace_s=a.grace,
         device=a.device,
+        label=a.label,
+        request_key=a.request_key or os.urandom(12).hex(),
     )
-    result: m.TrainResult = ctx.call(request)
+    result = _send_train(ctx, request)
     run = result.run
     if a.detach:
         if ctx.json:
@@ -54,6 +77,24 @@ def cmd_train(ctx: Context) -> int:
         where = f" (queued, position {run.queue_position})" if run.queue_position else ""
         print(f"{run.run_id}{where}")
     return follow_to_end(ctx, run.workspace, run.run_id, TRAIN_EXIT, cancel_on_interrupt=True)
+
+
+def _send_train(ctx: Context, request: m.Train) -> m.TrainResult:
+    """Send ``train``; on a timeout send it once more with the same request key, which the
+    daemon answers with the run the first attempt created (never a second run)."""
+    try:
+        result: m.TrainResult = ctx.call(request)
+        return result
+    except DaemonTimeout:
+        pass
+    try:
+        result = ctx.call(request)
+        return result
+    except DaemonTimeout as exc:
+        raise DaemonUnavailable(
+            f"{exc}. The run may have been created: repeat the command with "
+            f"--request-key {request.request_key} to get that run instead of a second one"
+        ) from None
 
 
 def follow_to_end(
@@ -75,23 +116,30 @@ def follow_to_end(
         else:
             display(event)
 
-    interrupted = False
+    cancel_sent = not cancel_on_interrupt  # `cancel` follows a run it already cancelled
 
     def on_sigint(signum: int, frame: object) -> None:
-        nonlocal interrupted
-        if interrupted or not cancel_on_interrupt:
+        nonlocal cancel_sent
+        if cancel_sent:
             raise KeyboardInterrupt
-        interrupted = True
-        if not ctx.json:
-            print("\ninterrupted: cancelling the run gracefully (Ctrl-C again to stop watching)")
-        ctx.call(m.Cancel(workspace=workspace, run_id=run_id))
+        cancel_sent = True
+        print(
+            "\ninterrupted: cancelling the run gracefully (Ctrl-C again to stop watching)",
+            file=sys.stderr if ctx.json else sys.stdout,
+            flush=True,
+        )
+        try:
+            ctx.call(m.Cancel(workspace=workspace, run_id=run_id))
+        except DaemonError as exc:  # e.g. it ended meanwhile: following shows its end
+            output.error(exc.error)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         terminal = follow_run(ctx.client, workspace, run_id, 0, on_event)
     except KeyboardInterrupt:
-        print(f"\nstopped watching; the run goes on in the daemon ({run_id})", file=sys.stderr)
-        return EXIT_OK
+        signal.signal(signal.SIGINT, previous)
+        print(f"\nstopped watching: {_where_is(ctx, workspace, run_id)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
     if terminal is None:
@@ -100,6 +148,21 @@ def follow_to_end(
     if not ctx.json:
         _print_terminal(terminal.data)
     return exit_codes.get(state, EXIT_RUN_FAILED)
+
+
+def _where_is(ctx: Context, workspace: str, run_id: str) -> str:
+    """What is true about a run we stop watching after its cancel was sent."""
+    try:
+        active = ctx.client.result(m.Active(workspace=workspace), timeout_s=2)
+    except Exception:  # the daemon may be gone too; say what we know
+        return f"run {run_id} was asked to cancel; see 'runforgectl show {run_id}'"
+    for run in active.runs if isinstance(active, m.ActiveResult) else []:
+        if run.run_id == run_id:
+            return (
+                f"run {run_id} is being cancelled ({run.state.value}); the daemon finishes "
+                f"the cancel. See it with 'runforgectl show {run_id}'"
+            )
+    return f"run {run_id} has ended; see 'runforgectl show {run_id}'"
 
 
 def _print_terminal(data: dict[str, Any]) -> None:
@@ -111,6 +174,9 @@ def _print_terminal(data: dict[str, Any]) -> None:
     if data.get("duration_ms") is not None:
         rows.append(("duration", output.duration(data["duration_ms"] / 1000)))
     for name, value in sorted((data.get("final_metrics") or {}).items()):
+        # Counts travel as floats (metrics are numbers); show them as the counts they are.
+        if name.startswith("num_") and isinstance(value, float) and value.is_integer():
+            value = int(value)
         rows.append((name, value))
     if data.get("partial_artifacts"):
         rows.append(("partial artifacts", ", ".join(data["partial_artifacts"])))
@@ -149,19 +215,40 @@ def cmd_cancel(ctx: Context) -> int:
 def configure(name: str, parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p = parser
     if name == "train":
-        p.add_argument("--preset", choices=["std-train", "hq-train"])
-        p.add_argument("--model", choices=["logistic_regression", "random_forest", "linear_svc"])
-        p.add_argument("--profile")
+        p.add_argument("--preset", choices=PRESETS, help="training preset (setting: preset)")
+        p.add_argument("--model", choices=MODELS, help="model family (setting: modelFamily)")
+        p.add_argument("--profile", choices=PROFILES, help="training profile (setting: profile)")
         p.add_argument("--dataset", help="CSV file (default: the datasetPath setting)")
-        p.add_argument("--name")
-        p.add_argument("--seed", type=int)
-        p.add_argument("--param", action="append", metavar="NAME=VALUE")
-        p.add_argument("--grace", type=float, help="cancel grace window in seconds")
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--label", metavar="COL", help="label column (setting: labelColumn)")
+        p.add_argument("--name", help="display name (default: the run id)")
+        p.add_argument("--seed", type=int, help="random seed (default 42)")
+        p.add_argument(
+            "--param",
+            action="append",
+            type=param,
+            metavar="NAME=VALUE",
+            help="override a hyperparameter, repeatable (logistic_regression, linear_svc: "
+            "C, max_iter; random_forest: n_estimators, max_depth, min_samples_leaf, "
+            "max_features)",
+        )
+        p.add_argument(
+            "--grace",
+            type=non_negative_seconds,
+            help="cancel grace window in seconds (setting: cancelGraceSeconds)",
+        )
+        p.add_argument("--device", choices=DEVICES, help="where to train (setting: device)")
+        p.add_argument(
+            "--request-key",
+            metavar="KEY",
+            help="idempotency key: a repeated train with the same key gets the run the first "
+            "one created (default: a fresh key per call)",
+        )
         p.add_argument("--detach", action="store_true", help="print the run id and return")
         p.set_defaults(fn=cmd_train)
     elif name == "cancel":
-        p.add_argument("run_id", nargs="?")
-        p.add_argument("--grace", type=float, help="seconds before SIGKILL (0: at once)")
+        p.add_argument("run_id", nargs="?", help="run id (default: the workspace's active run)")
+        p.add_argument(
+            "--grace", type=non_negative_seconds, help="seconds before SIGKILL (0: at once)"
+        )
         p.add_argument("--no-wait", action="store_true", help="return once the cancel is under way")
         p.set_defaults(fn=cmd_cancel)

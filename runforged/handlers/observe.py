@@ -209,7 +209,10 @@ async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
     )
     merged = sorted(unindexed + indexed, key=lambda r: r.created_at or "", reverse=True)
     return RunsResult(
-        workspace=str(workspace), runs=rows + merged[: request.limit], orphans=orphans
+        workspace=str(workspace),
+        runs=rows + merged[: request.limit],
+        orphans=orphans,
+        corrupt_index_kept_as=list(index.corrupt_kept_as),
     )
 
 
@@ -305,7 +308,7 @@ async def _inspect(
     """Run one of the runner's inspect commands (a trust-gated Python spawn)."""
     services = daemon.services
     workspace = paths.validate_workspace(workspace_arg)
-    settings = services.settings_for(workspace)
+    settings = await services.read_settings(workspace)
     trusted = services.trust.require(str(workspace))
     inspection = await spawn(
         trusted,

@@ -45,7 +45,7 @@ def list_trusted(daemon: Daemon, request: ListTrusted) -> TrustResult:
 
 
 @handles(GetSettings)
-def settings(daemon: Daemon, request: GetSettings) -> SettingsResult:
+async def settings(daemon: Daemon, request: GetSettings) -> SettingsResult:
     workspace = paths.validate_workspace(request.workspace)
-    resolved = daemon.services.settings_for(workspace)
+    resolved = await daemon.services.read_settings(workspace)
     return SettingsResult(workspace=str(workspace), settings=msgspec.to_builtins(resolved))
