@@ -435,3 +435,18 @@ def test_progress_line_is_cut_to_a_44_column_terminal_and_plain_on_a_dumb_one(
     assert code == 0, text
     assert "\x1b[K" not in text and "\r\x1b" not in text
     assert "step " in text and "metrics computed\r\n" in text
+
+
+def test_the_clients_choices_are_the_daemons_and_the_runners() -> None:
+    """One vocabulary: what runforgectl offers is what the daemon accepts (settings) and
+    what the bundled runner knows."""
+    from typing import get_args
+
+    from runforge_runner import params
+    from runforgectl.commands import train
+    from runforged import settings
+
+    assert train.PRESETS == get_args(settings.Preset) == params.PRESETS
+    assert train.MODELS == get_args(settings.ModelFamily) == params.MODEL_FAMILIES
+    assert train.PROFILES == get_args(settings.Profile) == params.PROFILES
+    assert get_args(settings.Device) == train.DEVICES
