@@ -8,15 +8,20 @@ Only the named command's module is imported on a normal run: start-up cost is a 
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
+class Command:
+    """One command. A plain class: a NamedTuple costs more start-up than this whole list."""
 
-class Command(NamedTuple):
-    name: str
-    module: str  # under runforgectl.commands
-    summary: str
-    example: str
-    workspace: bool = True  # takes --workspace/-w
+    __slots__ = ("example", "module", "name", "summary", "workspace")
+
+    def __init__(
+        self, name: str, module: str, summary: str, example: str, workspace: bool = True
+    ) -> None:
+        self.name = name
+        self.module = module  # under runforgectl.commands
+        self.summary = summary
+        self.example = example
+        self.workspace = workspace  # takes --workspace/-w
 
 
 COMMANDS: tuple[Command, ...] = (

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from runforge_protocol import messages as m
-from runforgectl import lifecycle, output
+from runforgectl import output
 from runforgectl.client import DaemonUnavailable
 from runforgectl.context import Context
 from runforgectl.exits import EXIT_OK, EXIT_UNAVAILABLE
@@ -79,6 +77,8 @@ def _print_workspace_status(ws: m.WorkspaceStatus) -> None:
 
 
 def cmd_daemon_start(ctx: Context) -> int:
+    from runforgectl import lifecycle
+
     pid = lifecycle.running_pid(ctx.endpoints)
     if pid is not None:
         if ctx.json:
@@ -96,6 +96,8 @@ def cmd_daemon_start(ctx: Context) -> int:
 
 
 def cmd_daemon_stop(ctx: Context) -> int:
+    from runforgectl import lifecycle
+
     try:
         result: m.ShutdownResult = ctx.call(m.Shutdown())
     except DaemonUnavailable:
@@ -123,6 +125,11 @@ def cmd_daemon_stop(ctx: Context) -> int:
 
 
 def cmd_daemon_install_service(ctx: Context) -> int:
+    import pwd
+    import shutil
+
+    from runforgectl import lifecycle
+
     runforged = shutil.which("runforged") or str(Path(sys.executable).with_name("runforged"))
     target = Path(ctx.args.dest) if ctx.args.dest else lifecycle.unit_dir() / lifecycle.SERVICE_NAME
     lifecycle.write_atomically(target, lifecycle.render_unit(runforged))
