@@ -33,6 +33,7 @@ import enum
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -443,10 +444,18 @@ def _invalid(message: str, file: str | None, **details: Any) -> RunforgeError:
 def _read_settings_file(path: Path) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The file's object and key lines, or None if there is no such file."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
+        # O_NONBLOCK: a FIFO planted as settings.json must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _invalid(f"settings file {path} is not a regular file", str(path))
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
     except OSError as exc:
         raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
     if len(data) > MAX_SETTINGS_FILE_BYTES:

@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,4 +172,51 @@ def test_a_settings_file_over_the_size_cap_is_refused_naming_it(
     error = error_of(daemon.ctl("settings", "-w", str(sample_workspace), "--json"))
     assert error["code"] == "SETTINGS_INVALID"
     assert str(path) in error["message"] and "larger than" in error["message"]
+    assert daemon.ctl("ping").returncode == 0
+
+
+def test_ping_is_answered_while_a_large_settings_file_is_being_parsed(
+    daemon: DaemonProcess, sample_workspace: Path
+) -> None:
+    """Settings files are parsed off the event loop: a ping sent after a `settings` request
+    for a workspace with a ~1.5 MiB settings.json is answered first."""
+    import threading
+
+    from runforge_protocol import messages as m
+    from runforge_protocol.discovery import Endpoints
+    from runforgectl.client import Client
+
+    path = write_settings(sample_workspace, "{}")
+    body = ",\n".join(f'  "other.extension.key{i}": [1, 2.5, "x", null]' for i in range(30_000))
+    path.write_text('{\n  "runforge.profile": "fast",\n' + body + "\n}\n")
+    endpoints = Endpoints.resolve(daemon.runtime_dir)
+    answered: list[str] = []
+    sent = threading.Event()
+
+    def read_settings() -> None:
+        with Client(endpoints, timeout_s=300) as client:
+            sent.set()
+            result = client.result(m.GetSettings(workspace=str(sample_workspace)))
+            assert isinstance(result, m.SettingsResult)
+            answered.append("settings")
+
+    reader = threading.Thread(target=read_settings)
+    reader.start()
+    sent.wait()
+    time.sleep(0.2)  # the settings request is on its way; its parse takes seconds
+    with Client(endpoints, timeout_s=300) as client:
+        client.result(m.Ping())
+        answered.append("ping")
+    reader.join()
+    assert answered == ["ping", "settings"]
+
+
+def test_a_fifo_planted_as_the_settings_file_is_refused_without_hanging(
+    daemon: DaemonProcess, sample_workspace: Path
+) -> None:
+    path = sample_workspace / ".vscode" / "settings.json"
+    path.unlink()
+    os.mkfifo(path)
+    error = error_of(daemon.ctl("settings", "-w", str(sample_workspace), "--json"))
+    assert error["code"] == "SETTINGS_INVALID" and "not a regular file" in error["message"]
     assert daemon.ctl("ping").returncode == 0
