@@ -27,7 +27,7 @@ environment:
   RUNFORGE_STATE_DIR    in-flight records and the detached daemon's log
                         (default $XDG_STATE_HOME/runforge)
   {AUTOSTART_ENV}=1  start the daemon when none answers (as --start)
-  TERM=dumb, NO_COLOR   plain progress lines, no redrawing
+  TERM=dumb             plain progress lines instead of one redrawn line
 
 exit status:
   0   success (for cancel: the run was cancelled gracefully)
