@@ -65,18 +65,33 @@ def cmd_train(ctx: Context) -> int:
         label=a.label,
         request_key=a.request_key or os.urandom(12).hex(),
     )
-    result = _send_train(ctx, request)
-    run = result.run
     if a.detach:
-        if ctx.json:
-            output.print_json(result)
-        else:
-            print(run.run_id)
-        return EXIT_OK
-    if not ctx.json:
-        where = f" (queued, position {run.queue_position})" if run.queue_position else ""
-        print(f"{run.run_id}{where}")
-    return follow_to_end(ctx, run.workspace, run.run_id, TRAIN_EXIT, cancel_on_interrupt=True)
+        return _train_detached(ctx, request)
+    # A Ctrl-C from here on cancels the run, even one that arrives before the daemon has
+    # answered: it is remembered and acted on as soon as the run id is known.
+    import signal
+
+    early: list[int] = []
+    original = signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
+    try:
+        run = _send_train(ctx, request).run
+        if not ctx.json:
+            where = f" (queued, position {run.queue_position})" if run.queue_position else ""
+            print(f"{run.run_id}{where}")
+        return follow_to_end(
+            ctx, run.workspace, run.run_id, TRAIN_EXIT, cancel_on_interrupt=True, interrupted=early
+        )
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _train_detached(ctx: Context, request: m.Train) -> int:
+    result = _send_train(ctx, request)
+    if ctx.json:
+        output.print_json(result)
+    else:
+        print(result.run.run_id)
+    return EXIT_OK
 
 
 def _send_train(ctx: Context, request: m.Train) -> m.TrainResult:
@@ -103,7 +118,10 @@ def follow_to_end(
     run_id: str,
     exit_codes: dict[RunState, int],
     cancel_on_interrupt: bool,
+    interrupted: list[int] | None = None,
 ) -> int:
+    """Follow the run to its end and return the exit status for its terminal state.
+    ``interrupted`` holds the Ctrl-Cs that came before following began."""
     import signal
 
     from runforgectl.follow import ProgressDisplay, follow_run
@@ -135,6 +153,8 @@ def follow_to_end(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+        for _ in interrupted or []:
+            on_sigint(signal.SIGINT, None)
         terminal = follow_run(ctx.client, workspace, run_id, 0, on_event)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, previous)
