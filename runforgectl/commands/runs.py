@@ -44,12 +44,12 @@ def cmd_runs(ctx: Context) -> int:
     if ctx.json:
         output.print_json(result)
         return EXIT_OK
+    output.orphan_banner(result.orphans)
     for kept in result.corrupt_index_kept_as:
         print(
             f"! the index was unreadable and was moved aside to {kept} (kept, not deleted); "
-            f"its runs are listed as orphans until 'runforgectl recover'"
+            f"its runs are listed as orphans until 'runforgectl recover'\n"
         )
-    output.orphan_banner(result.orphans)
     rows: list[list[Any]] = []
     for o in result.orphans:
         rows.append([o.run_id, "ORPHANED", "", o.created_at, None, o.error or "not in index"])
