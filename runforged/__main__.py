@@ -93,7 +93,7 @@ def detach(endpoints: Endpoints, args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "runforged", "--runtime-dir", str(endpoints.runtime_dir)]
     argv += ["--log-level", args.log_level, "--log-format", args.log_format or "json"]
     # Logs are state, not runtime data: they must survive a logout's tmpfs cleanup.
-    from runforged.services import state_dir
+    from runforged.durable_state import state_dir
 
     log_dir = state_dir()
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

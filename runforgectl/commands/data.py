@@ -12,8 +12,8 @@ from runforgectl.exits import EXIT_OK
 
 def cmd_sample_data(ctx: Context) -> int:
     """Write the bundled sample datasets into a folder (default: the workspace)."""
-    # The runner's generator is standard library only: no daemon code is imported.
-    from runforge_runner.sample_data import write_samples
+    # The contract package's generator is standard library only: no daemon code is imported.
+    from runforge_contract.sample_data import write_samples
 
     dest = Path(ctx.args.dest or ctx.workspace()).absolute()
     dest.mkdir(parents=True, exist_ok=True)
