@@ -169,7 +169,7 @@ def _run_id_from_argv(argv: Sequence[str]) -> str | None:
             value = arg.partition("=")[2]
         if value:
             name = Path(os.path.abspath(value)).name
-            return name if RUN_ID_PATTERN.match(name) else None
+            return name if RUN_ID_PATTERN.fullmatch(name) else None
     return None
 
 
