@@ -16,16 +16,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-# File names inside ``<run dir>/.executor/`` (the daemon's ray executor uses the same).
-EXECUTOR_DIR = ".executor"
-SPEC_FILE = "spec.json"
-CONTROL_FILE = "control.json"
-OUTPUT_FILE = "output"
-EXIT_FILE = "exit.json"
-TAG_STDOUT, TAG_STDERR, TAG_RECORD = b"1", b"2", b"C"
-# Written on stdout (the job's log) when the cluster does not see the run folder.
-NOT_SHARED_KEY = "runforge_workspace_not_shared"
-EXIT_NOT_SHARED = 78  # EX_CONFIG
+from runforge_contract.atomicio import write_bytes_atomic
+from runforge_contract.layout import (
+    CONTROL_FILE,
+    EXECUTOR_DIR,
+    EXIT_FILE,
+    EXIT_NOT_SHARED,
+    NOT_SHARED_KEY,
+    OUTPUT_FILE,
+    SPEC_FILE,
+    TAG_RECORD,
+    TAG_STDERR,
+    TAG_STDOUT,
+)
+
 EXIT_CANCELLED_BEFORE_START = 0
 
 POLL_S = 0.01  # control file and trainer exit
@@ -33,22 +37,6 @@ TREE_REFRESH_S = 0.25
 PIPE_DRAIN_TIMEOUT_S = 5.0
 READ_CHUNK = 1 << 16
 MAX_LINE = 1 << 20
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _read_json(path: Path) -> Any:
@@ -303,7 +291,7 @@ class Entrypoint:
             "spawn_error": spawn_error,
             "finished_at": time.time(),
         }
-        _atomic_write(self.dir / EXIT_FILE, json.dumps(document).encode() + b"\n")
+        write_bytes_atomic(self.dir / EXIT_FILE, json.dumps(document).encode() + b"\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,9 @@ from urllib.parse import quote, urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_TIMEOUT_S = 10.0
+# Submitting creates the job's supervisor actor before Ray answers: seconds on a busy
+# head, more for the first job (worker processes start).
+SUBMIT_TIMEOUT_S = 60.0
 
 
 class JobStatus(str, Enum):
@@ -120,7 +123,9 @@ class RayJobsClient:
             body["entrypoint_num_cpus"] = entrypoint_num_cpus
         if entrypoint_resources:
             body["entrypoint_resources"] = entrypoint_resources
-        answer = self._call("POST", "/api/jobs/", body=body, what="submit the job")
+        answer = self._call(
+            "POST", "/api/jobs/", body=body, what="submit the job", timeout_s=SUBMIT_TIMEOUT_S
+        )
         if not isinstance(answer, dict) or answer.get("submission_id") != submission_id:
             raise self._unexpected("submit the job", answer)
         return submission_id
@@ -186,10 +191,10 @@ class RayJobsClient:
 
     # ------------------------------------------------------------------ mechanics
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout_s)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout_s)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
 
     def _call(
         self,
@@ -200,13 +205,14 @@ class RayJobsClient:
         body: Any = None,
         raw: bytes | None = None,
         missing: bool = False,
+        timeout_s: float | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
         payload: bytes | None = raw
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        connection = self._connection()
+        connection = self._connection(timeout_s or self._timeout_s)
         try:
             connection.request(method, self._base + path, body=payload, headers=headers)
             response = connection.getresponse()
