@@ -144,7 +144,7 @@ def _answer(args: argparse.Namespace) -> Any:
         from runforge_runner.inspection import inspect_artifact
 
         return inspect_artifact(Path(args.artifact))
-    from runforge_runner.sample_data import write_samples
+    from runforge_contract.sample_data import write_samples
 
     files = []
     for path in write_samples(Path(args.out)):
