@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import runforge_contract
+import runforge_runner
 from benchmarks.processes import DeathWatch, wait_until
 from benchmarks.ray_head import LocalRayHead, ray_command
 from benchmarks.results import Figure, Row
@@ -151,12 +153,9 @@ class _RayPeer:
         (self.workspace / "rf_test_trainer").symlink_to(TEST_TRAINER)
         runner_path = root / "peer-path"
         runner_path.mkdir()
-        import runforge_runner
-
-        (runner_path / "runforge_runner").symlink_to(Path(runforge_runner.__file__).parent)
-        contract = sys.modules.get("runforge_contract")
-        if contract is not None and contract.__file__:
-            (runner_path / "runforge_contract").symlink_to(Path(contract.__file__).parent)
+        for module in (runforge_runner, runforge_contract):
+            package = Path(module.__file__ or "").parent
+            (runner_path / module.__name__).symlink_to(package)
         self.pythonpath = str(runner_path)
         self.count = 0
 

@@ -21,8 +21,9 @@ It is the trainer's parent on the cluster node, as the daemon is locally:
    SIGTERM to the trainer only (its workers must live until it has flushed); ``kill``
    (the daemon's deadline: the daemon keeps the grace, the countdown and the deadline,
    as for a local run) SIGKILLs the whole tree: the trainer's session and every
-   descendant seen. SIGTERM to this program (Ray's ``stop_job``) is a cancel with the
-   run's grace, kept here.
+   descendant seen. The cancel also carries its deadline (UNIX time), which this program
+   keeps too, so that the tree dies on time while no daemon is there to ask. SIGTERM to
+   this program (Ray's ``stop_job``) is a cancel with the run's grace, kept here.
 5. When the trainer has been reaped and its pipes drained, ``exit.json`` records its exit
    status atomically; that file is the daemon's signal that the stream is complete.
 

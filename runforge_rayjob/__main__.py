@@ -243,13 +243,13 @@ class Entrypoint:
                 next_refresh = now + TREE_REFRESH_S
             request = self.control()
             cancel = request.get("cancel")
-            if (cancel is not None or self.term_from_ray) and not self.cancel_seen:
-                # The daemon keeps its cancel's deadline and asks for the kill; a SIGTERM
-                # from Ray (stop_job) gets the run's grace here.
-                grace = cancel.get("grace_s") if isinstance(cancel, dict) else None
-                if grace is None and self.term_from_ray:
-                    grace = self.spec.get("grace_s")
-                self._start_cancel(None if grace is None else float(grace))
+            if isinstance(cancel, dict):
+                if not self.cancel_seen:
+                    self._start_cancel(None)
+                self._keep(cancel.get("deadline"))
+            elif self.term_from_ray and not self.cancel_seen:
+                # Ray's stop_job: the run's grace, counted here.
+                self._start_cancel(float(self.spec.get("grace_s", 0)))
             if request.get("kill") or (self.deadline is not None and now >= self.deadline):
                 self._kill(tree, "kill_request" if request.get("kill") else "deadline")
             time.sleep(POLL_S)
@@ -262,6 +262,14 @@ class Entrypoint:
         self._write_exit(code)
         self.stream.close()
         return code if code >= 0 else 128 - code
+
+    def _keep(self, deadline: Any) -> None:
+        """The daemon's deadline (UNIX time): kept here too, so the tree is killed on time
+        even while no daemon is there to ask (the daemon's own kill request, when it is,
+        comes at the same moment)."""
+        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            at = time.monotonic() + max(0.0, deadline - time.time())
+            self.deadline = at if self.deadline is None else min(self.deadline, at)
 
     def _on_sigterm(self, _signum: int, _frame: Any) -> None:
         self.term_from_ray = True

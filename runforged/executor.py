@@ -111,6 +111,14 @@ class TrainerHandle(Protocol):
     def kill_tree(self) -> int:
         """SIGKILL the trainer and every descendant; returns how many were signalled."""
 
+    def keep_deadline(self, deadline: float) -> None:
+        """A cancel's SIGKILL deadline (UNIX time), for a trainer that outlives the daemon
+        to keep across a restart (nothing to do for one that dies with it)."""
+
+    @property
+    def kept_deadline(self) -> float | None:
+        """The deadline a re-attached trainer kept from before the restart, if any."""
+
     def is_alive(self) -> bool: ...
 
     async def wait(self) -> int | None:
@@ -160,6 +168,10 @@ class LocalTrainerHandle:
     outlives_daemon = False  # its pipes die with the daemon
     started = True
     start_failure = ""
+    kept_deadline = None
+
+    def keep_deadline(self, deadline: float) -> None:
+        pass  # reconciliation cancels a survivor with its grace: nothing outlives us
 
     def _start_readers(self) -> None:
         assert self._process is not None

@@ -220,6 +220,8 @@ class RayTrainerHandle:
         self._pending_check_due = False  # right after a cancel: is the job still pending?
         self._kill_asked_at: float | None = None
         self._stop_sent = False
+        self._lines: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
+        self._follower_task: asyncio.Future[None] | None = None
         self.start_failure = ""
 
     # ------------------------------------------------------------------ TrainerHandle
@@ -238,22 +240,47 @@ class RayTrainerHandle:
         return self._spawned
 
     async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
+        self._ensure_following()
+        while True:
+            item = await self._lines.get()
+            if item is None:
+                return
+            yield item
+
+    def _ensure_following(self) -> None:
+        if self._follower_task is None:
+            self._follower_task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        """Read the stream and watch the job until the run ends; lines go to ``output``
+        (a queue, so that a slow or failed reader never stops ``wait``)."""
+        try:
+            await self._follow_until_end()
+        except Exception as exc:
+            log.exception("ray_follow_failed", job_id=self._record.job_id)
+            if not self._ended.is_set():
+                self._end(None, f"internal error while following the Ray job: {exc}")
+        finally:
+            self._follower.close()
+            self._lines.put_nowait(None)
+
+    async def _follow_until_end(self) -> None:
         next_status = 0.0
         ended_at: float | None = None
         while True:
             for line in self._follower.read():
                 item = self._take(line)
                 if item is not None:
-                    yield item
+                    self._lines.put_nowait(item)
             if self._ended.is_set():
-                break
+                return
             if self._exit is None:
                 self._exit = run_folder.read_executor_exit(self._run_dir)
                 if self._exit is not None:
                     continue  # one more read: the stream is complete before exit.json
             if self._exit is not None:
                 self._finish_from_exit(self._exit)
-                break
+                return
             now = time.monotonic()
             backstop_due = self._kill_asked_at is not None and (
                 now - self._kill_asked_at >= KILL_BACKSTOP_S
@@ -271,14 +298,13 @@ class RayTrainerHandle:
                     # Cancelled while waiting for resources: it never trains.
                     await self._stop_job()
                     self._end(None, "cancelled while pending on the cluster")
-                    break
+                    return
                 if job is None or job.status.terminal:
                     ended_at = ended_at or now
                     if job is None or now - ended_at >= EXIT_FILE_SETTLE_S:
                         await self._ended_without_exit(job)
-                        break
+                        return
             await asyncio.sleep(FOLLOW_S)
-        self._follower.close()
 
     def refresh(self) -> bool:
         return False  # the tree lives on the cluster; the entrypoint tracks it
@@ -297,15 +323,32 @@ class RayTrainerHandle:
             self._kill_asked_at = time.monotonic()
         return 1
 
+    def keep_deadline(self, deadline: float) -> None:
+        # The entrypoint kills at this deadline by itself when no daemon asks it to.
+        cancel = dict(self._control.get("cancel") or {"requested_at": time.time()})
+        cancel["deadline"] = deadline
+        self._cancel_asked = True
+        self._write_control(cancel=cancel)
+
+    @property
+    def kept_deadline(self) -> float | None:
+        cancel = self._control.get("cancel")
+        deadline = cancel.get("deadline") if isinstance(cancel, dict) else None
+        return float(deadline) if isinstance(deadline, (int, float)) else None
+
     def is_alive(self) -> bool:
         return not self._ended.is_set()
 
     async def wait(self) -> int | None:
+        self._ensure_following()
         await self._ended.wait()
         return self._exit_code
 
     async def close(self) -> None:
-        self._follower.close()
+        if self._follower_task is not None and not self._follower_task.done():
+            self._follower_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower_task
 
     # ------------------------------------------------------------------ the stream
 
@@ -502,6 +545,9 @@ class RayExecutor:
             events=run_folder.count_events(run_dir, _RELAYED_TYPES),
             log_lines=run_folder.count_log_lines(run_dir),
         )
+        control = run_folder.read_executor_control(run_dir)
+        if control is not None:
+            handle._control = control  # a cancel asked before the restart, and its deadline
         return handle
 
 

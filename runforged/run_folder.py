@@ -50,6 +50,7 @@ from runforge_contract import layout
 from runforge_contract.atomicio import write_bytes_atomic
 from runforge_contract.layout import (
     CANCELLED_MARKER,
+    CONTROL_FILE,
     EVENTS_FILE,
     EXECUTOR_DIR,
     EXIT_FILE,
@@ -644,7 +645,16 @@ def open_executor_stream(run_dir: Path) -> int | None:
 def read_executor_exit(run_dir: Path) -> dict[str, Any] | None:
     """The entrypoint's ``exit.json`` (the trainer's exit status), None while absent or
     not (yet) a JSON object."""
-    data = _open_small_regular_file(run_dir / EXECUTOR_DIR / EXIT_FILE, 1 << 16)
+    return _executor_document(run_dir, EXIT_FILE)
+
+
+def read_executor_control(run_dir: Path) -> dict[str, Any] | None:
+    """The daemon's ``control.json`` (cancel and kill requests so far), None if absent."""
+    return _executor_document(run_dir, CONTROL_FILE)
+
+
+def _executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+    data = _open_small_regular_file(run_dir / EXECUTOR_DIR / name, 1 << 16)
     if data is None:
         return None
     try:

@@ -241,7 +241,7 @@ class RunSupervisor:
             log.info("run_spawned", run_id=run.run_id, pid=handle.pid, executor=run.executor)
             if run.cancel_requested:
                 # Cancelled between leaving the queue and the spawn: honour it now.
-                run.controller.request(run.grace_s)
+                self._keep_deadline(run, run.controller.request(run.grace_s).deadline_in_s)
         except Exception:
             log.exception("run_supervision_failed", run_id=run.run_id)
             if run.result is None:
@@ -467,7 +467,15 @@ class RunSupervisor:
         if run.controller is None:
             return already, None  # not spawned yet: _run applies the cancel on spawn
         request = run.controller.request(grace_s)
+        self._keep_deadline(run, request.deadline_in_s)
         return request.already_cancelling, request.deadline_in_s
+
+    @staticmethod
+    def _keep_deadline(run: LiveRun, deadline_in_s: float | None) -> None:
+        """Tell a trainer that outlives the daemon when its cancel's deadline falls, so it
+        is kept across a daemon restart."""
+        if run.handle is not None and deadline_in_s is not None:
+            run.handle.keep_deadline(time.time() + deadline_in_s)
 
     async def shutdown(self) -> None:
         """Stop accepting runs; cancel queued ones; cancel every running one, in parallel,
@@ -533,7 +541,11 @@ class RunSupervisor:
     async def _cancel_again(self, run: LiveRun, grace_s: float) -> None:
         await self.cancel_journal.record(run.run_id)  # durable again before any signal
         if run.controller is not None and not run.controller.trainer_has_exited:
-            run.controller.request(grace_s)
+            # The deadline the trainer kept, if any: a restart does not extend the grace.
+            deadline = run.handle.kept_deadline if run.handle is not None else None
+            if deadline is not None:
+                grace_s = max(0.0, deadline - time.time())
+            self._keep_deadline(run, run.controller.request(grace_s).deadline_in_s)
 
     # ------------------------------------------------------------------ durable state
 

@@ -202,6 +202,44 @@ def test_a_sigkilled_daemon_reattaches_to_the_ray_job_and_loses_no_event(
     assert follow.returncode == 0, follow.stderr
 
 
+def test_a_ray_run_that_ended_while_no_daemon_ran_is_classified_at_the_next_start(
+    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+) -> None:
+    daemon = make_daemon(RF_TEST_MODE="complete", RF_TEST_STEPS="20", RF_TEST_STEP_S="0.1")
+    ws = ray_workspace(daemon, ray_head)
+    run_id = start_detached(daemon, ws)
+    trainer_pid(ws, run_id)
+    daemon.kill_hard()
+    wait_for(lambda: job_status(ray_head, run_id) is JobStatus.SUCCEEDED, timeout=120)
+    assert not (run_dir(ws, run_id) / "result.json").exists()
+    daemon.start()
+    outcome = wait_result(ws, run_id)
+    assert outcome["state"] == "completed", outcome["reason"]
+    assert index_ids(ws) == [run_id]
+    events = events_on_disk(ws, run_id)
+    assert_contiguous(events)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("train_progress") == 20 and kinds.count("run_terminal") == 1
+
+
+def test_a_cancel_asked_before_a_daemon_crash_is_carried_out_after_it(
+    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+) -> None:
+    daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
+    ws = ray_workspace(daemon, ray_head)
+    run_id = start_detached(daemon, ws)
+    pid = trainer_pid(ws, run_id)
+    result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "30", "--no-wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    daemon.kill_hard()
+    daemon.start()
+    outcome = wait_result(ws, run_id, timeout=180)
+    assert outcome["state"] == "cancelled_forced", outcome["reason"]
+    assert outcome["cancel_requested"] is True
+    assert not alive(pid)
+    assert_contiguous(events_on_disk(ws, run_id))
+
+
 def test_an_untrusted_workspace_submits_nothing_to_the_cluster(
     daemon: DaemonProcess, ray_head: RayHead
 ) -> None:
