@@ -92,6 +92,8 @@ class Train(RequestBase, tag="train"):
     params: dict[str, str] = {}
     grace_s: float | None = None
     device: str | None = None
+    executor: str | None = None  # "local" or "ray" (the setting ``executor``)
+    ray_address: str | None = None  # the Ray dashboard's URL (the setting ``rayAddress``)
     label: str | None = None
     # A retry of the same request (same key, same workspace) is answered with the run the
     # first one created instead of starting another; runforgectl sends a fresh key per call.

@@ -27,6 +27,7 @@ PRESETS = ("std-train", "hq-train")
 MODELS = ("logistic_regression", "random_forest", "linear_svc")
 PROFILES = ("default", "fast", "thorough")
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTORS = ("local", "ray")
 
 
 def param(text: str) -> tuple[str, str]:
@@ -63,6 +64,8 @@ def cmd_train(ctx: Context) -> int:
         grace_s=a.grace,
         device=a.device,
         label=a.label,
+        executor=a.executor,
+        ray_address=a.ray_address,
         request_key=a.request_key or os.urandom(12).hex(),
     )
     if a.detach:
@@ -257,6 +260,14 @@ def configure(name: str, parser: argparse.ArgumentParser, common: argparse.Argum
             help="cancel grace window in seconds (setting: cancelGraceSeconds)",
         )
         p.add_argument("--device", choices=DEVICES, help="where to train (setting: device)")
+        p.add_argument(
+            "--executor", choices=EXECUTORS, help="where the run goes (setting: executor)"
+        )
+        p.add_argument(
+            "--ray-address",
+            metavar="URL",
+            help="the Ray dashboard (executor ray; setting: rayAddress)",
+        )
         p.add_argument(
             "--request-key",
             metavar="KEY",
