@@ -378,7 +378,9 @@ class RunSupervisor:
 
     def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == "artifacts_written":
+        if kind == "run_start" and run.controller is not None:
+            run.controller.trainer_announced()  # its handler is in place: SIGTERM is safe
+        elif kind == "artifacts_written":
             run.artifacts_written = True
         elif kind == "run_cancelled":
             run.run_cancelled = True
