@@ -32,8 +32,9 @@ MISSING_TOKENS = frozenset({"", "na", "nan", "null"})
 VALIDATION_FRACTION = 0.2
 # How many rows are parsed between two cancel checks while loading (careful reader).
 ROWS_PER_CHECKPOINT = 2000
-# Bytes of the file parsed between two cancel checks (fast reader): a fraction of a second.
-BLOCK_BYTES = 1 << 22
+# Bytes of the file parsed between two cancel checks (fast reader): a few hundredths of
+# a second; small enough that the per-block buffers stay small beside the arrays.
+BLOCK_BYTES = 1 << 20
 
 Label = int | str
 

@@ -32,14 +32,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sklearn.base import clone
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import hinge_loss
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
 from runforge_runner.dataset import VALIDATION_FRACTION, Dataset
 from runforge_runner.params import TrainingPlan
@@ -187,6 +184,9 @@ class LogisticFit(_LinearFit):
     family = "logistic_regression"
 
     def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        # Each family imports only its own estimator: the others' modules cost start-up.
+        from sklearn.linear_model import LogisticRegression
+
         super().__init__(plan, split)
         self.estimator = LogisticRegression(
             C=plan.value("C"), max_iter=self.total, tol=plan.value("tol"),
@@ -273,6 +273,8 @@ class LinearSvcFit(_LinearFit):
     family = "linear_svc"
 
     def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        from sklearn.svm import LinearSVC
+
         super().__init__(plan, split)
         self.estimator = LinearSVC(
             C=plan.value("C"), max_iter=self.total, tol=plan.value("tol"),
@@ -300,6 +302,8 @@ class ForestFit(FamilyFit):
     family = "random_forest"
 
     def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
         super().__init__(plan, split)
         total = plan.value("n_estimators")
         assert isinstance(total, int)
@@ -333,7 +337,7 @@ class ForestFit(FamilyFit):
             self.snapshot = Snapshot(done, self.forest)
             self.outcome = FitOutcome(done, self.total, converged=None)
 
-    def _frozen_copy(self) -> RandomForestClassifier:
+    def _frozen_copy(self) -> Any:
         """The forest as of now, unaffected by the trees the worker grows next."""
         frozen = copy.copy(self.forest)
         frozen.estimators_ = list(self.forest.estimators_)
