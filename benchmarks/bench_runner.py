@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.results import Figure, Row
 from benchmarks.stats import alternating, paired_ratio, summary
-from runforge_runner.sample_data import BUNDLED_DIR, SMALL_NAME, demo_large_csv
+from runforge_contract.sample_data import BUNDLED_DIR, SMALL_NAME, demo_large_csv
 
 ORIGINAL_ENV = "RUNFORGE_ORIGINAL_RUNNER_DIR"
 FAMILIES = ("logistic_regression", "linear_svc", "random_forest")
