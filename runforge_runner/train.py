@@ -106,9 +106,12 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     session.checkpoint()
 
     session.enter_step(STEP_TRAINING)
+    # Imports the family's estimator and standardizes the features: before train_started,
+    # so that the first progress event follows it within a second.
+    work.fit = training.start_fit(plan, split)
+    session.checkpoint()
     session.emit("train_started", model_family=plan.model_family)
     fit_started = time.monotonic()
-    work.fit = training.start_fit(plan, split)
     watch = _watch_fit(session, training.FitWorker(work.fit))
     work.model = work.fit.model()
     fit_seconds = time.monotonic() - fit_started
