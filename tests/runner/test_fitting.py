@@ -172,7 +172,9 @@ def test_progress_comes_by_the_clock_with_numbers_that_move(
     # Real numbers that move: trees grow one batch after another, accuracy changes.
     epochs = [e["epoch"] for e in progress]
     assert epochs == sorted(epochs) and epochs[-1] == 40 and len(set(epochs)) >= 3
-    assert len({e["val_accuracy"] for e in progress}) >= 3
+    # (Heartbeats before the first tree is grown say epoch 0 and carry no numbers.)
+    assert all("val_accuracy" in e for e in progress if e["epoch"] > 0)
+    assert len({e["val_accuracy"] for e in progress if e["epoch"] > 0}) >= 3
     cost = [line for line in result.logs if line.startswith("progress: ")]
     assert len(cost) == 1 and "% of the" in cost[0]
 

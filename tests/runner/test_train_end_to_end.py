@@ -112,9 +112,9 @@ def test_each_family_trains_on_the_bundled_data_with_contract_valid_files_and_ev
     assert done == sorted(done) and done[-1] >= 1
     last = progress[-1]
     if family == "random_forest":
-        assert done[-1] == last["total_epochs"] == 100
+        assert done[-1] == last["total_epochs"]  # every tree grown
     else:
-        assert done[-1] < last["total_epochs"] == 1000  # converged by tol
+        assert done[-1] < last["total_epochs"]  # converged by tol before max_iter
     assert 0 <= last["val_accuracy"] <= 1
     assert ("loss" in last) == (family != "random_forest")
 
