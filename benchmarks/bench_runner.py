@@ -1,12 +1,12 @@
-"""Figures 12 and 13: the trainer side.
+"""Figures 16 and 17: the trainer side.
 
-12. A whole training run (process start to exit, import and CSV load included) of
+16. A whole training run (process start to exit, import and CSV load included) of
     ``python -m runforge_runner train --preset std-train`` for each model family, on the
     bundled iris-sized CSV (150 rows) and on demo_large.csv (40,000 x 20), beside the floor
     (``benchmarks/plain_fit.py``: the same estimator and parameters, a plain ``fit()``)
     and, when ``RUNFORGE_ORIGINAL_RUNNER_DIR`` points at the ``python/`` folder of
     RunForge's own extension, its ``ml_runner`` on the same CSV.
-13. Loading a 400,000-row CSV (20 features, about 61 MB) with the runner's reader against
+17. Loading a 400,000-row CSV (20 features, about 61 MB) with the runner's reader against
     ``numpy.loadtxt``: time, and peak memory (tracemalloc, which sees numpy's buffers), each
     in a fresh process.
 """
@@ -182,7 +182,7 @@ def training(quick: bool) -> Figure:
             "`python/` folder of its extension (the one holding `ml_runner/`) to add it."
         )
     return Figure(
-        number=12,
+        number=16,
         title="A training run, whole process (std-train), beside a plain fit()",
         rows=rows,
         details=details,
@@ -253,7 +253,7 @@ def csv_load(quick: bool) -> Figure:
     memory_ratio = memory["runforge_runner"] / memory["numpy.loadtxt"]
     label = f"CSV load, {rows_wanted:,} rows ({size_mb:.0f} MB)"
     return Figure(
-        number=13,
+        number=17,
         title="Loading a large CSV: the runner's reader against numpy.loadtxt",
         rows=[
             Row(
