@@ -117,6 +117,12 @@ class Train(RequestBase, tag="train"):
     params: Annotated[dict[Text, Text], msgspec.Meta(max_length=MAX_PARAMS)] = {}
     grace_s: GraceSeconds | None = None
     device: Text | None = None
+    executor: Text | None = None  # "local" or "ray" (the setting ``executor``)
+    ray_address: Text | None = None  # the Ray dashboard's URL (the setting ``rayAddress``)
+    label: Text | None = None
+    # A retry of the same request (same key, same workspace) is answered with the run the
+    # first one created instead of starting another; runforgectl sends a fresh key per call.
+    request_key: Text | None = None
 
 
 class Cancel(RequestBase, tag="cancel"):
@@ -406,6 +412,9 @@ class RunsResult(ResultBase, tag="runs"):
     workspace: str
     runs: list[RunSummary]
     orphans: list[OrphanInfo] = []
+    # Unreadable index files moved aside (workspace-relative) and not yet reported by a
+    # recovery: their runs show as orphans until `recover`.
+    corrupt_index_kept_as: list[str] = []
 
 
 class DocumentResult(ResultBase, tag="document"):

@@ -103,3 +103,17 @@ def decode_request(line: bytes) -> m.Request:
     except RecursionError:
         raise JsonLineError("not a usable JSON object: nested too deeply") from None
     return request
+
+
+def convert_request(loose: dict[str, Any]) -> m.Request:
+    """An already decoded JSON object (the bridge rewrites its ``id``) as a protocol
+    request, with the same errors as ``decode_request``."""
+    try:
+        request: m.Request = msgspec.convert(loose, m.Request)
+    except msgspec.ValidationError as exc:
+        field, message = m.invalid_field(exc)
+        details = {"field": field} if field else None
+        raise JsonLineError(f"invalid request: {message}", details) from None
+    except RecursionError:
+        raise JsonLineError("not a usable JSON object: nested too deeply") from None
+    return request
