@@ -255,8 +255,9 @@ class Bridge:
             self._emit(m.error("", ErrorCode.BAD_REQUEST, str(exc)))
             return
         adapter_id = loose.get("id", "")
-        if isinstance(adapter_id, bool) or not isinstance(adapter_id, str | int):
-            self._emit(m.error("", ErrorCode.BAD_REQUEST, "id must be a string or an integer"))
+        if not _usable_id(adapter_id):
+            message = "id must be a string (at most 4096 characters) or a 64-bit integer"
+            self._emit(m.error("", ErrorCode.BAD_REQUEST, message, details={"field": "id"}))
             return
         kind = loose.get("type")
         if kind in BRIDGE_COMMANDS:
@@ -435,6 +436,16 @@ class Bridge:
     def _emit(self, value: Any) -> None:
         self.out.write(_json.encode(value) + b"\n")
         self.out.flush()
+
+
+def _usable_id(adapter_id: Any) -> bool:
+    """An adapter's id: a string within the protocol's text limit, or an integer a
+    MessagePack or JavaScript peer can hold (within 64 bits)."""
+    if isinstance(adapter_id, str):
+        return len(adapter_id) <= m.MAX_TEXT_CHARS
+    if isinstance(adapter_id, int) and not isinstance(adapter_id, bool):
+        return -(2**63) <= adapter_id <= 2**64 - 1
+    return False
 
 
 def _error(

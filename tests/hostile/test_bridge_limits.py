@@ -17,6 +17,8 @@ from tests.harness import DaemonProcess
 @pytest.fixture
 def bridge(daemon: DaemonProcess) -> Iterator[Bridge]:
     b = Bridge(daemon)
+    # The bridge announces itself once the daemon answered its hello.
+    b.until(lambda out: out.get("notify") == "ready")
     yield b
     if b.proc.poll() is None:
         b.proc.kill()
