@@ -881,12 +881,13 @@ def write_executor_document(run_dir: Path, name: str, data: bytes) -> None:
 
 
 def open_executor_stream(run_dir: Path) -> int | None:
-    """A read-only descriptor on the entrypoint's ``output`` stream (a regular file
-    reached without a symlink), None until it exists (the caller closes it)."""
+    """A read-only descriptor on the entrypoint's ``output`` stream (the caller closes
+    it); None until it exists, and while it is not a regular file reached without a
+    symlink (such a stream is absent: nothing is read through it)."""
     try:
         with _in_workspace(run_dir / EXECUTOR_DIR / OUTPUT_FILE) as (root, relative):
             return beneath.open_regular_for_reading(root, relative)
-    except FileNotFoundError:
+    except OSError:
         return None
 
 
