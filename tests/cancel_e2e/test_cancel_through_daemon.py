@@ -62,7 +62,7 @@ def test_graceful_trainer_leaves_marker_and_is_cancelled_gracefully(
     assert outcome["cancel_requested"] is True
     assert outcome["partial_artifacts"], outcome
     marker = json.loads((run_dir(ws, run_id) / ".cancelled").read_text())
-    validate("cancelled.schema.v1.0.0.json", marker)
+    validate("cancelled.v1.0.0", marker)
     assert marker["run_id"] == run_id
     assert run_id not in index_ids(ws)  # a cancelled run is never indexed
     kinds = [e["type"] for e in events_on_disk(ws, run_id)]
@@ -373,7 +373,7 @@ def test_the_project_runner_cancelled_while_training_is_graceful(
     outcome = wait_result(ws, run_id)
     assert outcome["state"] == "cancelled_graceful", outcome
     marker = json.loads((run_dir(ws, run_id) / ".cancelled").read_text())
-    validate("cancelled.schema.v1.0.0.json", marker)
+    validate("cancelled.v1.0.0", marker)
     assert marker["step"] == "training" and marker["run_id"] == run_id
     assert outcome["partial_artifacts"] == marker.get("partial_artifacts", [])
     for path in marker.get("partial_artifacts", []):
