@@ -11,7 +11,6 @@ import pytest
 
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
-from runforge_protocol import schema_gen
 from runforged.trainer_events import REQUIRED as RUNNER_EVENT_TYPES
 from tests.protocol.golden import (
     KINDS,
@@ -21,6 +20,7 @@ from tests.protocol.golden import (
     schema,
     validator,
 )
+from tools import schema_gen
 
 DECODERS: dict[str, Any] = {
     "requests": m.request_decoder,
