@@ -67,7 +67,7 @@ def _normalise(node: Any) -> Any:
         return [_normalise(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key == "description" and isinstance(value, str):
             out[key] = inspect.cleandoc(value)
