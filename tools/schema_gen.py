@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+import runforge_protocol
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
@@ -38,7 +39,9 @@ from runforge_protocol.records import (
 )
 from runforge_runner.atomicio import write_bytes_atomic
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "protocol"
+# protocol/ in a checkout (runforge_protocol is a symlink to it), the unpacked package in
+# an sdist.
+PACKAGE_DIR = Path(runforge_protocol.__file__).resolve().parent
 SCHEMA_DIR = PACKAGE_DIR / "schema"
 EXAMPLES_DIR = PACKAGE_DIR / "examples"
 REGENERATE_COMMAND = "python -m tools.schema_gen"
