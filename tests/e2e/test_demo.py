@@ -25,6 +25,8 @@ from tests.harness import (
 
 DEMO = REPO_ROOT / "scripts" / "demo"
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Sandbox:

@@ -30,7 +30,7 @@ from tests.harness import (
 )
 from tests.install.conftest import Distributions
 
-pytestmark = [pytest.mark.install, pytest.mark.xdist_group("install")]
+pytestmark = [pytest.mark.install, pytest.mark.slow, pytest.mark.xdist_group("install")]
 
 PACKAGES = ["runforge_protocol", "runforge_runner", "runforgectl", "runforged"]
 
