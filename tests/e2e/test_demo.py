@@ -100,9 +100,7 @@ def test_a_folder_passed_to_the_demo_is_kept_and_holds_everything_it_wrote(
     outside = [p for p in sandbox.written() if not p.startswith("tmp/kept/")]
     assert outside == []
     assert list((folder / "workspace" / ".ml" / "runs").iterdir())
-    assert (folder / "config" / "runforge" / "trusted.json").exists() or any(
-        (folder / "config" / "runforge").iterdir()
-    )
+    assert (folder / "config" / "runforge" / "trust.json").is_file()  # its own trust store
     assert (folder / "state" / "runforge").is_dir()
 
 
