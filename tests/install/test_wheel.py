@@ -63,7 +63,8 @@ def test_the_wheel_carries_every_package_module_and_data_file_and_nothing_generi
     }
     assert data <= names, sorted(data - names)
     top_level = {name.split("/")[0] for name in names}
-    assert top_level == {*PACKAGES, "runforge-0.1.0.dist-info"}, top_level
+    version = distributions.wheel.name.split("-")[1]
+    assert top_level == {*PACKAGES, f"runforge-{version}.dist-info"}, top_level
     assert not any(name.startswith(("protocol/", "tools/", "tests/")) for name in names)
 
 
