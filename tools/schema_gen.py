@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 import runforge_protocol
+from runforge_contract.atomicio import write_bytes_atomic
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
@@ -37,7 +38,6 @@ from runforge_protocol.records import (
     ResultRecord,
     RunState,
 )
-from runforge_runner.atomicio import write_bytes_atomic
 
 # protocol/ in a checkout (runforge_protocol is a symlink to it), the unpacked package in
 # an sdist.

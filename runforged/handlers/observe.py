@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from runforge_contract import layout
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
     DocumentResult,
@@ -31,62 +32,32 @@ from runforge_protocol.messages import (
     RunSummary,
     ShowRun,
 )
-from runforge_protocol.records import IndexEntry, IndexStatus, RequestRecord, ResultRecord, RunState
-from runforge_runner import layout
-from runforge_runner.atomicio import write_bytes_atomic
-from runforged import paths
+from runforge_protocol.records import IndexEntry, IndexStatus
+from runforged import outcome, paths, run_folder
+from runforged.context import DaemonContext
 from runforged.errors import RunforgeError
+from runforged.index import RunIndex
 from runforged.inspection import inspect_artifact as spawn_inspect_artifact
 from runforged.inspection import inspect_dataset as spawn_inspect_dataset
 from runforged.markdown import render_run_markdown
-from runforged.server import Daemon, handles
-
-_result_decoder = msgspec.json.Decoder(ResultRecord)
-_request_decoder = msgspec.json.Decoder(RequestRecord)
-RUN_SUMMARY_FILE = "run-summary.md"
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return msgspec.json.decode(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, msgspec.DecodeError) as exc:
-        raise RunforgeError(
-            ErrorCode.ARTIFACT_NOT_FOUND,
-            f"{path.name} of this run cannot be read: {exc}",
-            "the file is corrupt; 'runforgectl recover' will report the run folder",
-            {"path": str(path)},
-        ) from exc
-
-
-def _decode(decoder: Any, path: Path) -> Any:
-    try:
-        return decoder.decode(path.read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) -> RunSummary:
     """A finished run as the files in its folder describe it."""
     folder = paths.run_dir(workspace, run_id)
-    result: ResultRecord | None = _decode(_result_decoder, folder / "result.json")
-    request: RequestRecord | None = _decode(_request_decoder, folder / "request.json")
-    if entry is not None:
-        state = RunState.COMPLETED
-    elif result is not None:
-        state = result.state
-    elif (folder / layout.RUN_FILE).is_file():
-        state = RunState.COMPLETED  # written by another tool, or an orphan
-    else:
-        state = RunState.LOST
+    result = run_folder.load_result(folder)
+    request = run_folder.load_request(folder)
+    state = outcome.state_on_disk(
+        indexed=entry is not None,
+        result=result,
+        run_json_usable=entry is None and result is None and run_folder.run_json_usable(folder),
+    )
     summary = RunSummary(
         run_id=run_id,
         workspace=str(workspace),
-        run_dir=f"{paths.RUNS_DIR}/{run_id}",
+        run_dir=run_folder.relative_run_dir(run_id),
         state=state,
         index_status=IndexStatus.INDEXED
         if entry is not None
@@ -114,9 +85,9 @@ def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) ->
     return summary
 
 
-async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> tuple[str, Any]:
+async def _resolve_run(ctx: DaemonContext, workspace: Path, run_id: str | None) -> tuple[str, Any]:
     """(run id, index entry or None): ``run_id`` None means the newest index entry."""
-    writer = await daemon.services.indexes.get(workspace)
+    writer = await ctx.indexes.get(workspace)
     await writer.refresh()
     if run_id is None:
         latest = writer.index.latest()
@@ -129,7 +100,7 @@ async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> t
             )
         return latest.run_id, latest
     run_id = paths.validate_run_id(run_id)
-    if not paths.run_dir(workspace, run_id).is_dir():
+    if not run_folder.exists(paths.run_dir(workspace, run_id)):
         raise RunforgeError(
             ErrorCode.RUN_NOT_FOUND,
             f"no run {run_id} in {workspace}",
@@ -140,13 +111,17 @@ async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> t
 
 
 async def _document(
-    daemon: Daemon, workspace_arg: str, run_id_arg: str | None, kind: str, files: tuple[str, ...]
+    ctx: DaemonContext,
+    workspace_arg: str,
+    run_id_arg: str | None,
+    kind: str,
+    files: tuple[str, ...],
 ) -> DocumentResult:
     workspace = paths.validate_workspace(workspace_arg)
-    run_id, entry = await _resolve_run(daemon, workspace, run_id_arg)
+    run_id, entry = await _resolve_run(ctx, workspace, run_id_arg)
     folder = paths.run_dir(workspace, run_id)
     for name in files:
-        document = await asyncio.to_thread(_read_json, folder / name)
+        document = await asyncio.to_thread(run_folder.read_document, folder, name)
         if document is not None:
             break
     else:
@@ -156,9 +131,9 @@ async def _document(
             _artifact_hint(kind),
             {"run_id": run_id, "files": list(files)},
         )
-    live = daemon.services.supervisor.find_live(run_id)
+    live = ctx.supervisor.find_live(run_id)
     summary = (
-        daemon.services.supervisor.summary(live)
+        ctx.supervisor.summary(live)
         if live is not None
         else await asyncio.to_thread(summary_from_disk, workspace, run_id, entry)
     )
@@ -166,10 +141,10 @@ async def _document(
         workspace=str(workspace),
         run_id=run_id,
         kind=kind,
-        path=f"{paths.RUNS_DIR}/{run_id}/{name}",
+        path=f"{run_folder.relative_run_dir(run_id)}/{name}",
         document=document,
         run=summary,
-        orphans=await daemon.services.orphans(workspace),
+        orphans=await ctx.orphans(workspace),
     )
 
 
@@ -186,17 +161,15 @@ def _artifact_hint(kind: str) -> str:
 # --------------------------------------------------------------------------- handlers
 
 
-@handles(ListRuns)
-async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
+async def list_runs(ctx: DaemonContext, request: ListRuns) -> RunsResult:
     workspace = paths.validate_workspace(request.workspace)
-    services = daemon.services
-    writer = await services.indexes.get(workspace)
+    writer = await ctx.indexes.get(workspace)
     await writer.refresh()
-    orphans = await services.orphans(workspace)
-    live = services.supervisor.live_runs(workspace)
+    orphans = await ctx.orphans(workspace)
+    live = ctx.supervisor.live_runs(workspace)
     live_ids = {r.run_id for r in live}
     orphan_ids = {o.run_id for o in orphans}
-    rows = [services.supervisor.summary(r) for r in live]
+    rows = [ctx.supervisor.summary(r) for r in live]
     index = writer.index
     unindexed = await asyncio.to_thread(
         _unindexed_finished_runs, workspace, index, live_ids | orphan_ids
@@ -213,30 +186,26 @@ async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
     )
 
 
-def _unindexed_finished_runs(workspace: Path, index: Any, skip: set[str]) -> list[RunSummary]:
+def _unindexed_finished_runs(workspace: Path, index: RunIndex, skip: set[str]) -> list[RunSummary]:
     """Cancelled, failed and lost runs: folders the index does not list (orphans and live
     runs aside). One directory listing, then one small read per such folder."""
-    from runforged.recovery import run_folder_names
-
     out = []
-    for name in run_folder_names(str(paths.runs_dir(workspace))):
-        if name in skip or name in index or index.lists_run_dir(f"{paths.RUNS_DIR}/{name}"):
+    for name in run_folder.list_run_folders(str(paths.runs_dir(workspace))):
+        if name in skip or name in index or index.lists_run_dir(run_folder.relative_run_dir(name)):
             continue
         out.append(summary_from_disk(workspace, name, None))
     return out
 
 
-@handles(ShowRun)
-async def show(daemon: Daemon, request: ShowRun) -> DocumentResult:
+async def show(ctx: DaemonContext, request: ShowRun) -> DocumentResult:
     return await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+        ctx, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
 
 
-@handles(GetMetrics)
-async def metrics(daemon: Daemon, request: GetMetrics) -> DocumentResult:
+async def metrics(ctx: DaemonContext, request: GetMetrics) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "metrics",
@@ -244,10 +213,9 @@ async def metrics(daemon: Daemon, request: GetMetrics) -> DocumentResult:
     )
 
 
-@handles(GetFeatureImportance)
-async def feature_importance(daemon: Daemon, request: GetFeatureImportance) -> DocumentResult:
+async def feature_importance(ctx: DaemonContext, request: GetFeatureImportance) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "feature_importance",
@@ -255,10 +223,9 @@ async def feature_importance(daemon: Daemon, request: GetFeatureImportance) -> D
     )
 
 
-@handles(GetCoefficients)
-async def coefficients(daemon: Daemon, request: GetCoefficients) -> DocumentResult:
+async def coefficients(ctx: DaemonContext, request: GetCoefficients) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "coefficients",
@@ -266,10 +233,9 @@ async def coefficients(daemon: Daemon, request: GetCoefficients) -> DocumentResu
     )
 
 
-@handles(GetInterpretability)
-async def interpretability(daemon: Daemon, request: GetInterpretability) -> DocumentResult:
+async def interpretability(ctx: DaemonContext, request: GetInterpretability) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "interpretability",
@@ -277,55 +243,54 @@ async def interpretability(daemon: Daemon, request: GetInterpretability) -> Docu
     )
 
 
-@handles(ExportMarkdown)
-async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
+async def export_md(ctx: DaemonContext, request: ExportMarkdown) -> MarkdownResult:
     shown = await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+        ctx, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
     workspace = Path(shown.workspace)
     folder = paths.run_dir(workspace, shown.run_id)
-    metrics_doc = await asyncio.to_thread(_read_json, folder / layout.METRICS_V1_FILE)
-    importance = await asyncio.to_thread(_read_json, folder / layout.FEATURE_IMPORTANCE_FILE)
-    coefficients_doc = await asyncio.to_thread(_read_json, folder / layout.LINEAR_COEFFICIENTS_FILE)
+    read = run_folder.read_document
+    metrics_doc = await asyncio.to_thread(read, folder, layout.METRICS_V1_FILE)
+    importance = await asyncio.to_thread(read, folder, layout.FEATURE_IMPORTANCE_FILE)
+    coefficients_doc = await asyncio.to_thread(read, folder, layout.LINEAR_COEFFICIENTS_FILE)
     text = render_run_markdown(shown.run, shown.document, metrics_doc, importance, coefficients_doc)
-    target = folder / RUN_SUMMARY_FILE
-    await asyncio.to_thread(write_bytes_atomic, target, text.encode("utf-8"))
+    await asyncio.to_thread(
+        run_folder.write_document, folder, layout.RUN_SUMMARY_FILE, text.encode("utf-8")
+    )
     return MarkdownResult(
         workspace=shown.workspace,
         run_id=shown.run_id,
-        path=f"{paths.RUNS_DIR}/{shown.run_id}/{RUN_SUMMARY_FILE}",
+        path=f"{run_folder.relative_run_dir(shown.run_id)}/{layout.RUN_SUMMARY_FILE}",
         markdown=text,
         orphans=shown.orphans,
     )
 
 
 async def _inspect(
-    daemon: Daemon, workspace_arg: str, path: str, spawn: Any, **arguments: Any
+    ctx: DaemonContext, workspace_arg: str, path: str, spawn: Any, **arguments: Any
 ) -> InspectResult:
     """Run one of the runner's inspect commands (a trust-gated Python spawn)."""
-    services = daemon.services
     workspace = paths.validate_workspace(workspace_arg)
-    settings = services.settings_for(workspace)
-    trusted = services.trust.require(str(workspace))
+    settings = ctx.settings_for(workspace)
+    trusted = ctx.trust.require(str(workspace))
     inspection = await spawn(
         trusted,
         python_path=settings.python_path,
         runner_module=settings.ml_runner_module,
-        env=services.child_env(),
+        env=ctx.child_env(),
         **arguments,
     )
     return InspectResult(
         workspace=str(workspace),
         path=path,
         document=msgspec.to_builtins(inspection),
-        orphans=await services.orphans(workspace),
+        orphans=await ctx.orphans(workspace),
     )
 
 
-@handles(InspectDataset)
-async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectResult:
+async def inspect_dataset(ctx: DaemonContext, request: InspectDataset) -> InspectResult:
     return await _inspect(
-        daemon,
+        ctx,
         request.workspace,
         request.path,
         spawn_inspect_dataset,
@@ -334,19 +299,16 @@ async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectRes
     )
 
 
-@handles(InspectArtifact)
-async def inspect_artifact(daemon: Daemon, request: InspectArtifact) -> InspectResult:
+async def inspect_artifact(ctx: DaemonContext, request: InspectArtifact) -> InspectResult:
     return await _inspect(
-        daemon, request.workspace, request.path, spawn_inspect_artifact, artifact=request.path
+        ctx, request.workspace, request.path, spawn_inspect_artifact, artifact=request.path
     )
 
 
-@handles(Recover)
-async def recover(daemon: Daemon, request: Recover) -> RecoverResult:
+async def recover(ctx: DaemonContext, request: Recover) -> RecoverResult:
     workspace = paths.validate_workspace(request.workspace)
-    services = daemon.services
-    writer = await services.indexes.get(workspace)
-    report = await writer.recover(services.supervisor.in_flight_ids(workspace))
+    writer = await ctx.indexes.get(workspace)
+    report = await writer.recover(ctx.supervisor.in_flight_ids(workspace))
     return RecoverResult(
-        workspace=str(workspace), report=report, orphans=await services.orphans(workspace)
+        workspace=str(workspace), report=report, orphans=await ctx.orphans(workspace)
     )

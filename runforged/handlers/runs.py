@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 
-import msgspec
-
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
     Active,
@@ -18,23 +16,19 @@ from runforge_protocol.messages import (
     Train,
     TrainResult,
 )
-from runforge_protocol.records import ResultRecord, RunState
-from runforged import paths
+from runforge_protocol.records import RunState
+from runforged import paths, run_folder
+from runforged.context import DaemonContext
 from runforged.errors import RunforgeError
-from runforged.server import Daemon, handles
-from runforged.supervisor import LiveRun, read_events
-
-_result_decoder = msgspec.json.Decoder(ResultRecord)
+from runforged.supervisor import LiveRun
 
 
-@handles(Train)
-async def train(daemon: Daemon, request: Train) -> TrainResult:
-    run = await daemon.services.start_run(request)
-    return TrainResult(run=daemon.services.supervisor.summary(run))
+async def train(ctx: DaemonContext, request: Train) -> TrainResult:
+    run = await ctx.start_run(request)
+    return TrainResult(run=ctx.supervisor.summary(run))
 
 
-@handles(Cancel, while_stopping=True)
-async def cancel(daemon: Daemon, request: Cancel) -> CancelResult:
+async def cancel(ctx: DaemonContext, request: Cancel) -> CancelResult:
     if request.grace_s is not None and not (
         math.isfinite(request.grace_s) and request.grace_s >= 0
     ):
@@ -43,16 +37,16 @@ async def cancel(daemon: Daemon, request: Cancel) -> CancelResult:
             f"grace must be a number of seconds >= 0, got {request.grace_s!r}",
             "pass --grace 0 to kill at once, or a positive number of seconds",
         )
-    supervisor = daemon.services.supervisor
-    run = _run_to_cancel(daemon, request)
+    supervisor = ctx.supervisor
+    run = _run_to_cancel(ctx, request)
     already, deadline = await supervisor.cancel(run, request.grace_s)
     return CancelResult(
         run=supervisor.summary(run), already_cancelling=already, deadline_in_s=deadline
     )
 
 
-def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
-    supervisor = daemon.services.supervisor
+def _run_to_cancel(ctx: DaemonContext, request: Cancel) -> LiveRun:
+    supervisor = ctx.supervisor
     workspace = paths.validate_workspace(request.workspace) if request.workspace else None
     if request.run_id is None:
         if workspace is None:
@@ -88,11 +82,12 @@ def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
     finished = supervisor.find_recent(run_id)
     state: str | None = finished.state.value if finished is not None else None
     if state is None and workspace is not None:
-        result_path = paths.run_dir(workspace, run_id) / "result.json"
-        try:
-            state = _result_decoder.decode(result_path.read_bytes()).state.value
-        except (OSError, msgspec.DecodeError):
-            state = "finished" if paths.run_dir(workspace, run_id).is_dir() else None
+        folder = paths.run_dir(workspace, run_id)
+        result = run_folder.load_result(folder)
+        if result is not None:
+            state = result.state.value
+        elif run_folder.exists(folder):
+            state = "finished"
     if state is not None:
         raise RunforgeError(
             ErrorCode.RUN_NOT_ACTIVE,
@@ -108,23 +103,21 @@ def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
     )
 
 
-@handles(Active, while_stopping=True)
-def active(daemon: Daemon, request: Active) -> ActiveResult:
-    supervisor = daemon.services.supervisor
+def active(ctx: DaemonContext, request: Active) -> ActiveResult:
+    supervisor = ctx.supervisor
     workspace = paths.validate_workspace(request.workspace) if request.workspace else None
     return ActiveResult(runs=[supervisor.summary(r) for r in supervisor.live_runs(workspace)])
 
 
-@handles(Replay, while_stopping=True)
-async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
+async def replay(ctx: DaemonContext, request: Replay) -> ReplayResult:
     workspace = paths.validate_workspace(request.workspace)
     run_id = paths.validate_run_id(request.run_id)
     limit = max(1, min(request.limit, 100_000))
-    supervisor = daemon.services.supervisor
+    supervisor = ctx.supervisor
     live = supervisor.flush_events(run_id)
-    path = paths.run_dir(workspace, run_id) / "events.jsonl"
-    if not path.is_file():
-        if live is None and paths.run_dir(workspace, run_id).is_dir():
+    folder = paths.run_dir(workspace, run_id)
+    if not run_folder.has_events(folder):
+        if live is None and run_folder.exists(folder):
             # A run made without this daemon (e.g. by the RunForge extension): no events.
             return ReplayResult(run_id=run_id, events=[], last_run_seq=0, terminal=True)
         if live is None:
@@ -135,7 +128,7 @@ async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
                 {"run_id": run_id, "workspace": str(workspace)},
             )
         return ReplayResult(run_id=run_id, events=[], last_run_seq=live.run_seq, terminal=False)
-    events, last = await asyncio.to_thread(read_events, path, request.since, limit)
+    events, last = await asyncio.to_thread(run_folder.read_events, folder, request.since, limit)
     if live is not None:
         return ReplayResult(
             run_id=run_id, events=events, last_run_seq=max(last, live.run_seq), terminal=False

@@ -16,9 +16,9 @@ import jsonschema
 import msgspec
 import pytest
 
-from runforged.cancel import read_cancelled_marker
 from runforged.index import RunIndex
 from runforged.index_entry import build_index_entry
+from runforged.run_folder import read_cancelled_marker
 from tests.contracts import IRIS_SAMPLE, load_schema, schema_names, validate
 from tests.index.runfolders import run_json_document
 

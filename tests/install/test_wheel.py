@@ -32,7 +32,7 @@ from tests.install.conftest import Distributions
 
 pytestmark = [pytest.mark.install, pytest.mark.slow, pytest.mark.xdist_group("install")]
 
-PACKAGES = ["runforge_protocol", "runforge_runner", "runforgectl", "runforged"]
+PACKAGES = ["runforge_contract", "runforge_protocol", "runforge_runner", "runforgectl", "runforged"]
 
 
 def checkout_files(folder: str, pattern: str) -> set[str]:
@@ -58,7 +58,7 @@ def test_the_wheel_carries_every_package_module_and_data_file_and_nothing_generi
         "runforge_protocol/schema/replies.schema.json",
         "runforge_protocol/schema/events.schema.json",
         "runforge_protocol/examples/requests.json",
-        "runforge_runner/data/iris_like.csv",
+        "runforge_contract/data/iris_like.csv",
         "runforgectl/service.py",  # the systemd unit's template
     }
     assert data <= names, sorted(data - names)
@@ -85,7 +85,7 @@ def test_the_sdist_carries_the_project_with_its_tests_scripts_and_unit(
         "tests/contracts/run.v0.3.6.schema.json",
         "tests/contracts/iris_sample.csv",
         "runforge_protocol/schema/events.schema.json",
-        "runforge_runner/data/iris_like.csv",
+        "runforge_contract/data/iris_like.csv",
     }
     assert expected <= names, sorted(expected - names)
     for package in PACKAGES:
