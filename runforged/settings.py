@@ -10,18 +10,23 @@ Which source may set which key:
 key                           user  workspace  request
 ============================  ====  =========  =======
 pythonPath, mlRunnerModule    yes   yes        yes
-datasetPath, modelFamily      yes   yes        yes
+datasetPath, labelColumn      yes   yes        yes
+modelFamily                   yes   yes        yes
 profile, preset, device       yes   yes        yes
 cancelGraceSeconds            yes   yes        yes
 maxConcurrentRuns             yes   yes        no
 maxConcurrentRunsGlobal       yes   no         no
+executor, rayAddress          yes   yes        yes
+rayResources, rayEnvVars      yes   yes        no
 ============================  ====  =========  =======
 
 A workspace is someone else's repository as often as it is the user's own, so it must not
 raise a limit that protects the whole machine; a global key found in a workspace file is
 ignored with a warning. Limits are daemon policy, not a property of one run, so requests
 cannot set them. Unknown keys are ignored with a warning; a wrong type or value is a
-``SETTINGS_INVALID`` error naming the file, the key and the line.
+``SETTINGS_INVALID`` error naming the file, the key and the line. A settings file larger
+than ``MAX_SETTINGS_FILE_BYTES`` is refused with the same error rather than read (a
+workspace may be hostile); reading is done off the event loop (``Services``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import enum
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,9 +46,11 @@ import msgspec
 
 from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
+from runforged.ray_jobs import check_address
 
 # --- JSONC -------------------------------------------------------------------------------
 
+MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
 _MAX_DEPTH = 256  # deeper nesting is hostile, not a settings file; fail before Python does
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]*')
@@ -66,9 +74,18 @@ class _JsoncParser:
         self.pos = 1 if text.startswith("\ufeff") else 0
         # Line of each key of the top-level object, so settings errors can point at it.
         self.top_level_key_lines: dict[str, int] = {}
+        # Lines are counted forward from the last position asked about, so that the parse
+        # stays linear in the size of the file (asking from the start each time was
+        # quadratic: 7 s for a 570 KiB settings.json).
+        self._line_pos = 0
+        self._line = 1
 
     def line_at(self, pos: int) -> int:
-        return self.text.count("\n", 0, pos) + 1
+        if pos < self._line_pos:  # only error paths go backwards
+            return self.text.count("\n", 0, pos) + 1
+        self._line += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line
 
     def error(self, message: str, pos: int | None = None) -> JsoncError:
         at = self.pos if pos is None else pos
@@ -241,11 +258,14 @@ ModelFamily = Literal["logistic_regression", "random_forest", "linear_svc"]
 Profile = Literal["default", "fast", "thorough"]
 Preset = Literal["std-train", "hq-train"]
 Device = Literal["auto", "cpu", "cuda"]
+Executor = Literal["local", "ray"]
 
 USER_CONFIG_FILE = "config.json"
 WORKSPACE_SETTINGS_FILE = Path(".vscode") / "settings.json"
 WORKSPACE_KEY_PREFIX = "runforge."
 WORKSPACE_FOLDER_VARIABLE = "${workspaceFolder}"
+DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"  # a local head's dashboard (Ray's default)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -281,6 +301,7 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     python_path: str
     ml_runner_module: str
     dataset_path: str | None
+    label_column: str | None
     model_family: ModelFamily
     profile: Profile
     preset: Preset
@@ -288,6 +309,10 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     cancel_grace_seconds: float
     max_concurrent_runs: int
     max_concurrent_runs_global: int
+    executor: Executor = "local"
+    ray_address: str = DEFAULT_RAY_ADDRESS
+    ray_resources: dict[str, float] = {}
+    ray_env_vars: list[str] = []
     origins: dict[str, SettingOrigin]
     warnings: list[SettingsWarning] = []
     # The files consulted, shown even when absent so users know where to put settings.
@@ -318,6 +343,14 @@ def _optional_path_string(value: Any) -> Any:
     return None if value is None else _path_string(value)
 
 
+def _optional_column(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\0" in value or "\n" in value:
+        raise _InvalidValue("a column name (a non-empty string on one line)")
+    return value
+
+
 def _module_name(value: Any) -> Any:
     # The value lands after `-m`: anything but a dotted module name could inject options.
     if not isinstance(value, str) or not _MODULE_NAME.fullmatch(value):
@@ -339,6 +372,38 @@ def _positive_int(value: Any) -> Any:
     return value
 
 
+def _ray_address(value: Any) -> Any:
+    # Checked by the Job API client itself, so both agree on what an address is.
+    if not isinstance(value, str):
+        raise _InvalidValue("an http:// or https:// address of the Ray dashboard")
+    try:
+        return check_address(value)
+    except ValueError as exc:
+        raise _InvalidValue(str(exc)) from None
+
+
+def _resources(value: Any) -> Any:
+    # Ray's resource names: CPU, GPU, memory or a custom one; amounts are >= 0.
+    message = 'an object of resource amounts >= 0, such as {"CPU": 2, "GPU": 1}'
+    if not isinstance(value, dict):
+        raise _InvalidValue(message)
+    for name, amount in value.items():
+        if not name or isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise _InvalidValue(message)
+        if not math.isfinite(amount) or amount < 0:
+            raise _InvalidValue(message)
+    return {name: float(amount) for name, amount in value.items()}
+
+
+def _env_names(value: Any) -> Any:
+    message = 'a list of environment variable names, a trailing * for a prefix ("WANDB_*")'
+    if not isinstance(value, list) or not all(
+        isinstance(name, str) and _ENV_NAME.fullmatch(name) for name in value
+    ):
+        raise _InvalidValue(message)
+    return list(value)
+
+
 @dataclass(frozen=True)
 class _Setting:
     key: str
@@ -352,6 +417,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("pythonPath", "python_path", _path_string),
     _Setting("mlRunnerModule", "ml_runner_module", _module_name),
     _Setting("datasetPath", "dataset_path", _optional_path_string),
+    _Setting("labelColumn", "label_column", _optional_column),
     _Setting("modelFamily", "model_family", _choice(get_args(ModelFamily))),
     _Setting("profile", "profile", _choice(get_args(Profile))),
     _Setting("preset", "preset", _choice(get_args(Preset))),
@@ -365,6 +431,10 @@ _SETTINGS: tuple[_Setting, ...] = (
         workspace_may_set=False,
         request_may_set=False,
     ),
+    _Setting("executor", "executor", _choice(get_args(Executor))),
+    _Setting("rayAddress", "ray_address", _ray_address),
+    _Setting("rayResources", "ray_resources", _resources, request_may_set=False),
+    _Setting("rayEnvVars", "ray_env_vars", _env_names, request_may_set=False),
 )
 _BY_KEY = {setting.key: setting for setting in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -375,6 +445,7 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "pythonPath": default_python,
         "mlRunnerModule": "runforge_runner",
         "datasetPath": None,
+        "labelColumn": None,
         "modelFamily": "logistic_regression",
         "profile": "default",
         "preset": "std-train",
@@ -382,6 +453,10 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "cancelGraceSeconds": 5.0,
         "maxConcurrentRuns": 1,
         "maxConcurrentRunsGlobal": 4,
+        "executor": "local",
+        "rayAddress": DEFAULT_RAY_ADDRESS,
+        "rayResources": {},
+        "rayEnvVars": [],
     }
 
 
@@ -419,10 +494,30 @@ def _invalid(message: str, file: str | None, **details: Any) -> RunforgeError:
 def _read_settings_file(path: Path) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The file's object and key lines, or None if there is no such file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO planted as settings.json must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _invalid(f"settings file {path} is not a regular file", str(path))
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if len(data) > MAX_SETTINGS_FILE_BYTES:
+        raise _invalid(
+            f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES // (1024 * 1024)} "
+            f"MiB; refusing to read it",
+            str(path),
+            limit_bytes=MAX_SETTINGS_FILE_BYTES,
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
     try:
         return _parse_jsonc_object(text)

@@ -18,16 +18,16 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
 
 from runforge_contract import trainer_events as te
-from runforge_contract.timestamps import utc_now
+from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol import events as ev
 from runforge_protocol.messages import Counters, Event, RunSummary
 from runforge_protocol.records import IndexStatus, RequestRecord, ResultRecord, RunState
@@ -39,6 +39,9 @@ from runforged.executor import Executor, TrainerHandle, TrainerSpec, drain
 from runforged.index_writer import IndexWriters
 from runforged.trainer_events import InvalidEventLine, parse_line
 from runforged.trust import TrustedWorkspace
+
+if TYPE_CHECKING:
+    from runforged.ray_executor import RayPlacement
 
 log = structlog.get_logger("runforged.supervisor")
 
@@ -67,13 +70,15 @@ class LiveRun:
 
     run_id: str
     workspace: Path
-    trusted: TrustedWorkspace
+    trusted: TrustedWorkspace | None  # None: adopted from a previous daemon, never spawned here
     request: RequestRecord
     argv: list[str]
     env: dict[str, str]
     grace_s: float
     max_concurrent: int = 1  # runs of this workspace at once (its setting)
     max_concurrent_global: int = 4
+    executor: str = "local"  # the name of the executor that runs it
+    placement: RayPlacement | None = None  # where it goes, for executor "ray"
     state: RunState = RunState.QUEUED
     run_seq: int = 0
     started_at: str | None = None
@@ -109,12 +114,12 @@ class RunSupervisor:
         counters: Counters,
         indexes: IndexWriters,
         state_dir: Path,
-        executor: Executor,
+        executors: Mapping[str, Executor],
     ) -> None:
         self._publisher = publisher
         self._counters = counters
         self._indexes = indexes
-        self._executor = executor
+        self._executors = executors
         self.inflight_records = InflightRecords(state_dir / "inflight")
         self.cancel_journal = CancelJournal(state_dir / "cancel-intents.log")
         self._queue: deque[LiveRun] = deque()
@@ -208,14 +213,19 @@ class RunSupervisor:
     # ------------------------------------------------------------------ one run
 
     async def _run(self, run: LiveRun) -> None:
-        exit_code: int | None = None
         try:
             try:
-                run.trusted.recheck()  # trust withdrawn while it was queued: never spawn
+                if run.trusted is not None:
+                    run.trusted.recheck()  # trust withdrawn while it was queued: never spawn
                 run.log_file = run_folder.open_for_append(run.run_dir, run_folder.LOGS_FILE)
-                handle = await self._executor.start(
-                    TrainerSpec(run_id=run.run_id, argv=run.argv, env=run.env, cwd=run.workspace)
+                spec = TrainerSpec(
+                    run_id=run.run_id,
+                    argv=run.argv,
+                    env=run.env,
+                    cwd=run.workspace,
+                    placement=run.placement,
                 )
+                handle = await self._executors[run.executor].start(spec)
             except (OSError, RunforgeError) as exc:
                 run.evidence.failure_message = f"could not start the trainer: {exc}"
                 log.warning("spawn_failed", run_id=run.run_id, error=str(exc))
@@ -228,10 +238,23 @@ class RunSupervisor:
             self._save_inflight(run)
             run.controller = self._cancel_controller(run, handle)
             self._publish(run, ev.RUN_SPAWNED, {"pid": handle.pid, "argv": run.argv})
-            log.info("run_spawned", run_id=run.run_id, pid=handle.pid)
+            log.info("run_spawned", run_id=run.run_id, pid=handle.pid, executor=run.executor)
             if run.cancel_requested:
                 # Cancelled between leaving the queue and the spawn: honour it now.
-                run.controller.request(run.grace_s)
+                self._keep_deadline(run, run.controller.request(run.grace_s).deadline_in_s)
+        except Exception:
+            log.exception("run_supervision_failed", run_id=run.run_id)
+            if run.result is None:
+                run.evidence.failure_message = "internal error in the daemon"
+                await self._finish(run, exit_code=None)
+            return
+        await self._supervise(run, handle)
+
+    async def _supervise(self, run: LiveRun, handle: TrainerHandle) -> None:
+        """Relay the trainer's output until it exits, then finish the run."""
+        assert run.controller is not None
+        exit_code: int | None = None
+        try:
             relay = asyncio.ensure_future(self._relay_output(run, handle))
             watcher = asyncio.ensure_future(self._watch_tree(run, handle))
             flusher = asyncio.ensure_future(self._flush_periodically(run))
@@ -320,7 +343,9 @@ class RunSupervisor:
 
     def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == te.ARTIFACTS_WRITTEN:
+        if kind == te.RUN_START and run.controller is not None:
+            run.controller.trainer_announced()  # its handler is in place: SIGTERM is safe
+        elif kind == te.ARTIFACTS_WRITTEN:
             run.evidence.artifacts_written = True
         elif kind == te.RUN_CANCELLED:
             run.evidence.run_cancelled = True
@@ -349,10 +374,19 @@ class RunSupervisor:
         evidence.cancel_requested = run.cancel_requested
         evidence.killed = bool(run.controller and run.controller.killed)
         evidence.marker_valid = marker is not None
+        handle = run.handle
         if run.state is RunState.QUEUED and run.cancel_requested:
             verdict = outcome.cancelled_while_queued()
+        elif exit_code is None and handle is not None and not handle.started:
+            # A cluster job that never started its trainer: cancelled while pending for
+            # resources, or refused (the cluster cannot see the workspace...).
+            if run.cancel_requested:
+                verdict = outcome.cancelled_before_start(handle.start_failure)
+            else:
+                verdict = outcome.never_started(handle.start_failure)
         elif exit_code is None:
-            verdict = outcome.never_started(evidence.failure_message)
+            failure = handle.start_failure if handle is not None else ""
+            verdict = outcome.never_started(failure or evidence.failure_message)
         else:
             evidence.run_json_usable = run_folder.run_json_usable(run.run_dir)
             verdict = outcome.trainer_exited(exit_code, evidence)
@@ -435,7 +469,15 @@ class RunSupervisor:
         if run.controller is None:
             return already, None  # not spawned yet: _run applies the cancel on spawn
         request = run.controller.request(grace_s)
+        self._keep_deadline(run, request.deadline_in_s)
         return request.already_cancelling, request.deadline_in_s
+
+    @staticmethod
+    def _keep_deadline(run: LiveRun, deadline_in_s: float | None) -> None:
+        """Tell a trainer that outlives the daemon when its cancel's deadline falls, so it
+        is kept across a daemon restart."""
+        if run.handle is not None and deadline_in_s is not None:
+            run.handle.keep_deadline(time.time() + deadline_in_s)
 
     async def shutdown(self) -> None:
         """Stop accepting runs; cancel queued ones; cancel every running one, in parallel,
@@ -453,6 +495,59 @@ class RunSupervisor:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10.0)
         self.cancel_journal.close()
+
+    # ------------------------------------------------------------------ adoption
+
+    def adopt(self, record: InflightRecord, handle: TrainerHandle, cancel_requested: bool) -> bool:
+        """Take over a run a previous daemon left with an executor that outlives it (a
+        cluster job): its events go on from the last one on disk, its cancel (if one was
+        asked) is asked again, and it ends through the same path as any run. False when
+        its folder no longer says what was asked (then reconciliation classifies it)."""
+        workspace = Path(record.workspace)
+        run_dir = workspace / record.run_dir
+        request = run_folder.load_request(run_dir)
+        if request is None:
+            return False
+        run = LiveRun(
+            run_id=record.run_id,
+            workspace=workspace,
+            trusted=None,
+            request=request,
+            argv=list(request.argv),
+            env={},
+            grace_s=record.cancel_grace_s,
+            executor=record.executor,
+            state=RunState.RUNNING,
+            run_seq=run_folder.last_run_seq(run_dir),
+            started_at=record.started_at,
+            started_mono=time.monotonic() - _seconds_since(record.started_at),
+            handle=handle,
+            inflight=record,
+        )
+        seen = run_folder.events_seen(run_dir, (te.ARTIFACTS_WRITTEN, te.RUN_CANCELLED))
+        run.evidence.artifacts_written = seen[te.ARTIFACTS_WRITTEN]
+        run.evidence.run_cancelled = seen[te.RUN_CANCELLED]
+        run.topic_prefix = ev.run_topic_prefix(str(workspace), run.run_id)
+        run.events_file = run_folder.open_for_append(run_dir, run_folder.EVENTS_FILE)
+        run.log_file = run_folder.open_for_append(run_dir, run_folder.LOGS_FILE)
+        run.controller = self._cancel_controller(run, handle)
+        self._active[run.run_id] = run
+        log.info("run_adopted", run_id=run.run_id, executor=run.executor, run_seq=run.run_seq)
+        if cancel_requested:
+            run.cancel_requested = True
+            run.state = RunState.CANCELLING
+            self._spawn_task(self._cancel_again(run, record.cancel_grace_s))
+        self._spawn_task(self._supervise(run, handle))
+        return True
+
+    async def _cancel_again(self, run: LiveRun, grace_s: float) -> None:
+        await self.cancel_journal.record(run.run_id)  # durable again before any signal
+        if run.controller is not None and not run.controller.trainer_has_exited:
+            # The deadline the trainer kept, if any: a restart does not extend the grace.
+            deadline = run.handle.kept_deadline if run.handle is not None else None
+            if deadline is not None:
+                grace_s = max(0.0, deadline - time.time())
+            self._keep_deadline(run, run.controller.request(grace_s).deadline_in_s)
 
     # ------------------------------------------------------------------ durable state
 
@@ -477,3 +572,9 @@ class RunSupervisor:
         if live is not None:
             self._flush(live)
         return live
+
+
+def _seconds_since(timestamp: str) -> float:
+    """Seconds from a contract timestamp to now (0 if it cannot be read)."""
+    parsed = parse_timestamp(timestamp)
+    return max(0.0, time.time() - parsed.timestamp()) if parsed is not None else 0.0
