@@ -32,7 +32,14 @@ from tests.install.conftest import Distributions
 
 pytestmark = [pytest.mark.install, pytest.mark.slow, pytest.mark.xdist_group("install")]
 
-PACKAGES = ["runforge_contract", "runforge_protocol", "runforge_runner", "runforgectl", "runforged"]
+PACKAGES = [
+    "runforge_contract",
+    "runforge_protocol",
+    "runforge_rayjob",
+    "runforge_runner",
+    "runforgectl",
+    "runforged",
+]
 
 
 def checkout_files(folder: str, pattern: str) -> set[str]:
