@@ -204,9 +204,10 @@ def test_the_installed_wheel_runs_the_whole_life_cycle_away_from_the_checkout(
     assert (run_dir(workspace, completed["run_id"]) / "run.json").is_file()
 
     # Start a long run and cancel it.
+    large = next(path for path in written if path.endswith("demo_large.csv"))
     long_run = installed.ctl_json(
-        *("train", "--workspace", str(workspace), "--dataset", sample, "--detach"),
-        *("--model", "logistic_regression", "--param", "max_iter=1000000"),
+        *("train", "--workspace", str(workspace), "--dataset", large, "--detach"),
+        *("--model", "random_forest", "--param", "n_estimators=5000"),
     )["run"]["run_id"]
     events = run_dir(workspace, long_run) / "events.jsonl"
     wait_for(lambda: events.exists() and "train_progress" in events.read_text(), timeout=120)
