@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from rf_test_trainer.hostile import codec_garbage, double_fork, flood_stdout
 from rf_test_trainer.run_folder import EXIT_CANCELLED, RunFolder, utc_now, write_stderr
 from rf_test_trainer.workers import start_descendants, worker_main
 from runforge_runner.atomicio import write_json_atomic
@@ -265,6 +266,9 @@ MODES: dict[str, Callable[[RunFolder], int]] = {
     "fail": fail,
     "exit0_no_runjson": exit0_no_runjson,
     "flood": flood,
+    "codec_garbage": codec_garbage,
+    "flood_stdout": flood_stdout,
+    "double_fork": double_fork,
     "garbage": garbage,
     "crash_midwrite": crash_midwrite,
     "sigterm_probe": sigterm_probe,
