@@ -411,10 +411,14 @@ class Monitor:
 
     def start(self) -> None:
         """Take the lock, open the run's files, listen, spawn the trainer, record it."""
-        self.lock_fd = os.open(
-            os.path.join(self.record_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)  # the daemon only ever probes it briefly
+        if self.lock_fd < 0:
+            self.lock_fd = os.open(
+                os.path.join(self.record_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        # Usually a no-op: the daemon passes the lock already taken, so that no moment
+        # exists between its spawn and our start in which the run looks unowned.
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.set_inheritable(self.lock_fd, False)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.events_file = open(  # noqa: SIM115 - lives with the monitor
             os.path.join(self.run_dir, EVENTS_FILE), "ab", buffering=1 << 16
@@ -999,9 +1003,11 @@ def _diag(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``monitor.py RECORD_DIR RUN_SEQ``: daemonize, start the run, report READY (or the
-    error) to the first process, which exits 0 (or 1) so the daemon knows."""
+    """``monitor.py RECORD_DIR RUN_SEQ [LOCK_FD]``: daemonize, start the run, report
+    READY (or the error) to the first process, which exits 0 (or 1) so the daemon knows.
+    ``RUN_SEQ`` is the last run_seq already used; ``LOCK_FD`` the run's lock, taken."""
     record_dir, run_seq = argv[0], int(argv[1])
+    lock_fd = int(argv[2]) if len(argv) > 2 else -1
     accepted = read_json(os.path.join(record_dir, ACCEPTED))
     if accepted is None or not isinstance(accepted.get("spec"), dict):
         _diag("no usable accepted.json")
@@ -1019,6 +1025,7 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 1)
     os.close(devnull)
     monitor = Monitor(record_dir, accepted["spec"], run_seq)
+    monitor.lock_fd = lock_fd
     try:
         monitor.start()
     except Exception as exc:

@@ -284,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, help="the run folder")
     train.add_argument("--preset", default="std-train")
     train.add_argument("--model", default="logistic_regression")
+    train.add_argument("--param", action="append", default=[])
     worker = commands.add_parser("worker", help="a descendant for the grandchildren mode")
     worker.add_argument("--spawn-grandchild", action="store_true")
     args, _ignored = parser.parse_known_args(argv)
     if args.command == "worker":
         return worker_main(args.spawn_grandchild)
+    for param in args.param:  # --param RF_TEST_X=value: this run's own switch
+        name, _, value = param.partition("=")
+        if name.startswith("RF_TEST_"):
+            os.environ[name] = value
     mode = os.environ.get(MODE_ENV, "complete")
     if mode not in MODES:
         parser.error(f"unknown {MODE_ENV}={mode!r}; one of: {', '.join(MODES)}")
