@@ -104,9 +104,7 @@ class MonitorConnection:
         give_up = loop.time() + ATTACH_TIMEOUT_S
         while True:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(
-                    path, limit=1 << 22
-                )
+                self._reader, self._writer = await asyncio.open_unix_connection(path, limit=1 << 22)
                 break
             except OSError as exc:
                 if loop.time() > give_up or not monitor.monitor_is_running(str(self.record_dir)):
