@@ -189,6 +189,7 @@ def test_golden_requests_sent_verbatim_are_answered_with_their_id_as_documented(
             "type": "shutdown",
             "cancelling_runs": [],
             "pid": daemon.proc.pid,
+            "kept_runs": [],
         }
     finally:
         dealer.close()
