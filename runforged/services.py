@@ -63,12 +63,16 @@ class Services:
 
     async def start(self) -> None:
         self._link_runner()
+        # Runs of a daemon from before per-run monitors (their trainers were its children).
         outcomes = await self.supervisor.reconcile()
         if outcomes:
             log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
+        taken = self.supervisor.resume(lambda workspace: self.trust.require(str(workspace)))
+        if taken:
+            log.info("runs_taken_over", runs=taken)
 
-    async def stop(self) -> None:
-        await self.supervisor.shutdown()
+    async def stop(self, *, keep_runs: bool = False) -> None:
+        await self.supervisor.shutdown(keep_runs=keep_runs)
         await self.indexes.aclose()
         with contextlib.suppress(FileNotFoundError):
             (self.runner_path_dir / "runforge_runner").unlink()
@@ -226,6 +230,7 @@ class Services:
             grace_s=settings.cancel_grace_seconds,
             max_concurrent=settings.max_concurrent_runs,
             max_concurrent_global=settings.max_concurrent_runs_global,
+            max_log_bytes=settings.max_log_bytes,
         )
         self.supervisor.submit(run)
         log.info("run_submitted", run_id=run_id, workspace=str(workspace), state=run.state.value)

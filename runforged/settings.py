@@ -15,6 +15,7 @@ profile, preset, device       yes   yes        yes
 cancelGraceSeconds            yes   yes        yes
 maxConcurrentRuns             yes   yes        no
 maxConcurrentRunsGlobal       yes   no         no
+maxLogBytes                   yes   yes        no
 ============================  ====  =========  =======
 
 A workspace is someone else's repository as often as it is the user's own, so it must not
@@ -288,6 +289,7 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     cancel_grace_seconds: float
     max_concurrent_runs: int
     max_concurrent_runs_global: int
+    max_log_bytes: int
     origins: dict[str, SettingOrigin]
     warnings: list[SettingsWarning] = []
     # The files consulted, shown even when absent so users know where to put settings.
@@ -333,6 +335,12 @@ def _seconds(value: Any) -> Any:
     return float(value)
 
 
+def _log_cap(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 40:
+        raise _InvalidValue("an integer of bytes from 1024 to 2**40")
+    return value
+
+
 def _positive_int(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _InvalidValue("an integer >= 1")
@@ -365,6 +373,7 @@ _SETTINGS: tuple[_Setting, ...] = (
         workspace_may_set=False,
         request_may_set=False,
     ),
+    _Setting("maxLogBytes", "max_log_bytes", _log_cap, request_may_set=False),
 )
 _BY_KEY = {setting.key: setting for setting in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -382,6 +391,7 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "cancelGraceSeconds": 5.0,
         "maxConcurrentRuns": 1,
         "maxConcurrentRunsGlobal": 4,
+        "maxLogBytes": 64 << 20,
     }
 
 

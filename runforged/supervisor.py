@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from runforge_protocol import events as ev
+from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
 from runforge_protocol.records import (
     IndexErrorInfo,
@@ -31,13 +32,20 @@ from runforge_protocol.records import (
     RunState,
 )
 from runforge_runner.atomicio import write_bytes_atomic
-from runforged import paths
+from runforged import monitor, paths
 from runforged.cancel import CancelController, classify_terminal_state, read_cancelled_marker
 from runforged.errors import RunforgeError
 from runforged.index_writer import IndexWriters
 from runforged.intents import CancelJournal
+from runforged.monitor_executor import (
+    MonitorConnection,
+    MonitorError,
+    probe,
+    start_monitor,
+    sweep_run,
+)
 from runforged.proctree import ProcessIdentity, ProcessTree, boot_id, is_same_live_process
-from runforged.trainer_events import InvalidEventLine, parse_line
+from runforged.run_records import AcceptedRecord, MonitorSpec, RunRecords, remove_stale_temp_files
 from runforged.trust import TrustedWorkspace
 
 log = structlog.get_logger("runforged.supervisor")
@@ -70,6 +78,9 @@ class Publisher(Protocol):
 
     def send(self, topic: bytes, event: Event) -> None: ...
 
+    def relay(self, topic: bytes, event: Event) -> None:
+        """Publish an event numbered elsewhere (a monitor): only ``seq`` is ours."""
+
 
 class InflightRecord(msgspec.Struct, kw_only=True):
     """``<state dir>/inflight/<run_id>.json``: enough to classify the run after a daemon
@@ -93,7 +104,7 @@ class InflightRecord(msgspec.Struct, kw_only=True):
 class LiveRun:
     run_id: str
     workspace: Path
-    trusted: TrustedWorkspace
+    trusted: TrustedWorkspace | None  # None: resumed after a restart, already started
     request: RequestRecord
     argv: list[str]
     env: dict[str, str]
@@ -118,6 +129,13 @@ class LiveRun:
     events_file: Any = None
     log_file: Any = None
     inflight: InflightRecord | None = None
+    max_log_bytes: int = monitor.DEFAULT_MAX_LOG_BYTES
+    record_dir: Path | None = None
+    accepted_ns: int = 0
+    connection: MonitorConnection | None = None
+    cancel_grace_s: float | None = None  # an explicit grace asked before the monitor ran
+    killed: bool = False  # the monitor SIGKILLed the tree at the cancel deadline
+    resumed: bool = False  # taken over from a previous daemon
 
     @property
     def run_dir(self) -> Path:
@@ -136,8 +154,10 @@ class RunSupervisor:
         self._publisher = publisher
         self._counters = counters
         self._indexes = indexes
-        self._inflight_dir = state_dir / "inflight"
+        self._inflight_dir = state_dir / "inflight"  # records of daemons before monitors
         self._intents = CancelJournal(state_dir / "cancel-intents.log")
+        self.records = RunRecords(state_dir / "runs")
+        self._detaching = False
         self._queue: deque[LiveRun] = deque()
         self._active: dict[str, LiveRun] = {}  # spawned, not yet terminal
         self._recent: dict[str, LiveRun] = {}  # terminal runs of this daemon, by id
@@ -197,11 +217,43 @@ class RunSupervisor:
     # ------------------------------------------------------------------ submit
 
     def submit(self, run: LiveRun) -> None:
-        """Queue a prepared run (its folder and request.json exist) and start what fits."""
+        """Record a prepared run durably (its folder and request.json exist), queue it
+        and start what fits. Raises RunforgeError when the record cannot be written: a
+        run is accepted only once a daemon kill can no longer lose it."""
         run.topic_prefix = ev.run_topic_prefix(str(run.workspace), run.run_id)
-        run.events_file = open(run.run_dir / "events.jsonl", "ab")  # noqa: SIM115 - lives with the run
+        run.accepted_ns = time.time_ns()
+        record = AcceptedRecord(
+            run_id=run.run_id,
+            workspace=str(run.workspace),
+            accepted_ns=run.accepted_ns,
+            request=run.request,
+            spec=MonitorSpec(
+                run_id=run.run_id,
+                workspace=str(run.workspace),
+                run_dir=str(run.run_dir),
+                cwd=str(run.workspace),
+                argv=run.argv,
+                env=run.env,
+                grace_s=run.grace_s,
+                max_log_bytes=run.max_log_bytes,
+            ),
+            max_concurrent=run.max_concurrent,
+            max_concurrent_global=run.max_concurrent_global,
+        )
+        try:
+            run.record_dir = self.records.accept(record)
+            run.events_file = open(run.run_dir / monitor.EVENTS_FILE, "ab")  # noqa: SIM115
+        except OSError as exc:
+            self.records.drop(run.run_id)
+            raise RunforgeError(
+                ErrorCode.INTERNAL_ERROR,
+                f"the run could not be recorded: {exc.strerror or exc}",
+                "free some disk space (state directory and workspace) and try again",
+                {"run_id": run.run_id},
+            ) from exc
         self._queue.append(run)
         self._publish(run, ev.RUN_QUEUED, {"position": len(self._queue)})
+        self._flush(run)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -229,165 +281,105 @@ class RunSupervisor:
     # ------------------------------------------------------------------ one run
 
     async def _run(self, run: LiveRun) -> None:
-        exit_code: int | None = None
+        """Start the run's monitor, relay its events until it says the trainer was
+        reaped (or goes away), then classify."""
+        exit_record: dict[str, Any] | None = None
         try:
             try:
-                run.trusted.recheck()  # trust withdrawn while it was queued: never spawn
-                run.log_file = open(run.run_dir / "logs.txt", "ab")  # noqa: SIM115
-                proc = await asyncio.create_subprocess_exec(
-                    *run.argv,
-                    cwd=run.workspace,
-                    env=run.env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,  # leads its own process group
-                )
-            except (OSError, RunforgeError) as exc:
+                if run.trusted is not None:
+                    run.trusted.recheck()  # trust withdrawn while queued: never spawn
+                assert run.record_dir is not None
+                self._close_files(run)  # the monitor writes the run's files from now on
+                await start_monitor(run.record_dir, run.run_seq, run.env)
+            except (OSError, RunforgeError, MonitorError) as exc:
                 run.failure_message = f"could not start the trainer: {exc}"
                 log.warning("spawn_failed", run_id=run.run_id, error=str(exc))
-                await self._finish(run, exit_code=None)
+                await self._finish(run, None)
                 return
-            run.pid = proc.pid
-            run.state = RunState.RUNNING
             run.started_at = utc_now()
             run.started_mono = time.monotonic()
-            run.tree = ProcessTree(proc.pid)
-            leader = run.tree.leader
-            run.inflight = InflightRecord(
-                run_id=run.run_id,
-                workspace=str(run.workspace),
-                run_dir=run.request.run_dir,
-                pid=proc.pid,
-                create_time=leader.create_time if leader else 0.0,
-                boot_id=boot_id(),
-                started_at=run.started_at,
-                cancel_grace_s=run.grace_s,
-            )
-            self._save_inflight(run)
-            run.controller = CancelController.on_loop(
-                asyncio.get_running_loop(),
-                default_grace_s=run.grace_s,
-                send_term=lambda: self._terminate_leader(run),
-                kill_tree=lambda: self._kill_tree(run),
-                publish_countdown=lambda s: self._publish(
-                    run, ev.CANCEL_COUNTDOWN, {"seconds_remaining": s}
-                ),
-            )
-            self._publish(run, ev.RUN_SPAWNED, {"pid": proc.pid, "argv": run.argv})
-            log.info("run_spawned", run_id=run.run_id, pid=proc.pid)
-            if run.cancel_requested:
-                # Cancelled between leaving the queue and the spawn: honour it now.
-                run.controller.request(run.grace_s)
-            assert proc.stdout is not None and proc.stderr is not None
-            pumps = [
-                asyncio.ensure_future(self._pump(run, proc.stdout, events=False)),
-                asyncio.ensure_future(self._pump(run, proc.stderr, events=True)),
-            ]
-            watcher = asyncio.ensure_future(self._watch_tree(run))
-            flusher = asyncio.ensure_future(self._flush_periodically(run))
-            exit_code = await proc.wait()
-            run.controller.trainer_exited()  # stops the countdown, kills leftover workers
-            watcher.cancel()
-            # Workers that kept the pipes open were just killed; drain what is left.
-            _done, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-            flusher.cancel()
-            await self._finish(run, exit_code=exit_code)
+            exit_record = await self._follow(run)
+            if self._detaching:
+                return
+            await self._finish(run, exit_record)
         except Exception:
             log.exception("run_supervision_failed", run_id=run.run_id)
-            if run.result is None:
+            if run.result is None and not self._detaching:
                 run.failure_message = run.failure_message or "internal error in the daemon"
-                await self._finish(run, exit_code=exit_code)
+                await self._finish(run, exit_record or self._exit_on_disk(run))
 
-    async def _watch_tree(self, run: LiveRun) -> None:
-        assert run.tree is not None
-        while True:
-            if run.tree.refresh() and run.inflight is not None:
-                run.inflight.descendants = run.tree.descendants
-                self._save_inflight(run)
-            await asyncio.sleep(TREE_REFRESH_S)
+    async def _follow(self, run: LiveRun) -> dict[str, Any] | None:
+        """Attach to the run's monitor from the run's last relayed event and relay until
+        it ends. The exit record, or None when the monitor died without one."""
+        assert run.record_dir is not None
+        connection = MonitorConnection(run.record_dir, lambda e: self._relay(run, e))
+        try:
+            hello = await connection.attach(run.run_seq)
+        except MonitorError as exc:
+            log.warning("monitor_unreachable", run_id=run.run_id, error=str(exc))
+            return self._exit_on_disk(run)
+        run.connection = connection
+        run.pid = hello.get("trainer_pid") or None
+        run.killed = bool(hello.get("killed"))
+        if hello.get("cancel_requested"):
+            run.cancel_requested = True
+            run.state = RunState.CANCELLING
+        elif run.state is RunState.QUEUED:
+            run.state = RunState.RUNNING
+        if run.cancel_requested and not hello.get("cancel_requested"):
+            # Cancelled while the monitor was starting: hand the cancel over now.
+            with contextlib.suppress(MonitorError):
+                await connection.cancel(run.cancel_grace_s)
+        await connection.closed()
+        run.connection = None
+        if self._detaching:
+            return None
+        return connection.exit or self._exit_on_disk(run)
 
-    async def _flush_periodically(self, run: LiveRun) -> None:
-        while True:
-            await asyncio.sleep(EVENTS_FLUSH_S)
-            self._flush(run)
+    def _exit_on_disk(self, run: LiveRun) -> dict[str, Any] | None:
+        if run.record_dir is None:
+            return None
+        return monitor.read_exit_record(str(run.record_dir))
 
-    def _flush(self, run: LiveRun) -> None:
-        for handle in (run.events_file, run.log_file):
-            if handle is not None and not handle.closed:
-                with contextlib.suppress(OSError):
-                    handle.flush()
-
-    def _terminate_leader(self, run: LiveRun) -> None:
-        if run.tree is not None:
-            delivered = run.tree.terminate_leader()
-            log.info("sigterm_sent", run_id=run.run_id, delivered=delivered)
-
-    def _kill_tree(self, run: LiveRun) -> None:
-        if run.tree is None:
-            return
-        # Kill first (every moment counts at a deadline), then look for descendants that
-        # appeared since the last refresh and kill those too.
-        killed = run.tree.kill_all()
-        if run.tree.refresh():
-            killed += run.tree.kill_all()
-        controller = run.controller
-        if controller is not None and controller.killed and not run.escalated:
-            run.escalated = True
-            self._publish(run, ev.CANCEL_ESCALATED, {"signal": "SIGKILL", "processes": len(killed)})
-            log.warning("cancel_escalated", run_id=run.run_id, processes=len(killed))
-
-    async def _pump(self, run: LiveRun, stream: asyncio.StreamReader, *, events: bool) -> None:
-        """Copy a pipe into logs.txt; on stderr, turn event lines into published events."""
-        pending = b""
-        while True:
-            chunk = await stream.read(READ_CHUNK)
-            if not chunk:
-                break
-            pending += chunk
-            lines = pending.split(b"\n")
-            pending = lines.pop()
-            if len(pending) > MAX_LOG_LINE:
-                lines.append(pending)
-                pending = b""
-            for line in lines:
-                self._on_line(run, line, events)
-        if pending:
-            self._on_line(run, pending, events)
-
-    def _on_line(self, run: LiveRun, line: bytes, events: bool) -> None:
-        if events:
-            try:
-                event = parse_line(line)
-            except InvalidEventLine as exc:
-                self._counters.invalid_trainer_lines += 1
-                log.warning("invalid_event_line", run_id=run.run_id, reason=str(exc))
-                self._publish(
-                    run,
-                    ev.INVALID_EVENT_LINE,
-                    {"reason": str(exc), "line": line[:200].decode("utf-8", "replace")},
-                )
-                event = None
-            if event is not None:
-                self._on_trainer_event(run, event)
-                return
-        if run.log_file is not None:
-            run.log_file.write(line[:MAX_LOG_LINE] + b"\n")
-
-    def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
-        kind = event["event"]
+    def _relay(self, run: LiveRun, event: Event) -> None:
+        """One event from the monitor (numbered and persisted there): note what the
+        outcome needs, publish it."""
+        if event.run_seq <= run.run_seq:
+            return  # already relayed (an attach never asks for these; belt and braces)
+        run.run_seq = event.run_seq
+        kind = event.type
         if kind == "artifacts_written":
             run.artifacts_written = True
         elif kind == "run_cancelled":
             run.run_cancelled = True
         elif kind == "run_failed":
-            error = event.get("error") or {}
-            run.failure_message = str(error.get("message") or error.get("code") or "")
-        self._publish(run, kind, event)
+            error = event.data.get("error") or {}
+            if isinstance(error, dict):
+                run.failure_message = str(error.get("message") or error.get("code") or "")
+        elif kind == ev.CANCEL_REQUESTED:
+            run.cancel_requested = True
+            run.state = RunState.CANCELLING
+        elif kind == ev.CANCEL_ESCALATED:
+            run.killed = True
+            log.warning("cancel_escalated", run_id=run.run_id, data=event.data)
+        elif kind == ev.INVALID_EVENT_LINE:
+            self._counters.invalid_trainer_lines += 1
+        elif kind == ev.RUN_SPAWNED:
+            pid = event.data.get("pid")
+            run.pid = pid if isinstance(pid, int) else run.pid
+            if run.state is RunState.QUEUED:
+                run.state = RunState.RUNNING
+        self._publisher.relay(run.topic_prefix + kind.encode(), event)
+
+    def _flush(self, run: LiveRun) -> None:
+        for handle in (run.events_file, run.log_file):
+            if handle is not None and not handle.closed:
+                with contextlib.suppress(OSError, ValueError):
+                    handle.flush()
 
     def _publish(self, run: LiveRun, kind: str, data: dict[str, Any]) -> None:
+        """An event of the daemon's own, while no monitor writes the run's events (queued,
+        or after the monitor has gone)."""
         run.run_seq += 1
         event = self._publisher.stamp(
             kind, data, workspace=str(run.workspace), run_id=run.run_id, run_seq=run.run_seq
@@ -395,33 +387,23 @@ class RunSupervisor:
         if run.events_file is not None and not run.events_file.closed:
             try:
                 run.events_file.write(_json.encode(event) + b"\n")
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 log.error("events_persist_failed", run_id=run.run_id, error=str(exc))
         self._publisher.send(run.topic_prefix + kind.encode(), event)
 
     # ------------------------------------------------------------------ the end of a run
 
-    async def _finish(self, run: LiveRun, *, exit_code: int | None) -> None:
+    async def _finish(self, run: LiveRun, exit_record: dict[str, Any] | None) -> None:
+        """Classify the run, write result.json, index it, persist run_terminal, forget
+        its record. Never raises: whatever fails (a full disk), the run gets a verdict
+        and frees its slot."""
+        try:
+            verdict = await self._classify(run, exit_record)
+        except Exception:
+            log.exception("classification_failed", run_id=run.run_id)
+            verdict = (RunState.FAILED, "internal error in the daemon while classifying", None)
+        state, reason, exit_code = verdict
         marker = read_cancelled_marker(run.run_dir)
-        controller = run.controller
-        killed = bool(controller and controller.killed)
-        if run.state is RunState.QUEUED and run.cancel_requested:
-            state, reason = RunState.CANCELLED_GRACEFUL, "cancelled while queued; never started"
-        elif exit_code is None:
-            state, reason = RunState.FAILED, run.failure_message or "the trainer never started"
-        else:
-            verdict = classify_terminal_state(
-                exit_code=exit_code,
-                cancel_requested=run.cancel_requested,
-                artifacts_written=run.artifacts_written,
-                run_json_exists=run_json_readable(run.run_dir),
-                marker_valid=marker is not None,
-                run_cancelled=run.run_cancelled,
-                killed=killed,
-            )
-            state, reason = verdict.state, verdict.reason
-            if state is RunState.FAILED and run.failure_message:
-                reason = f"{run.failure_message} ({reason})"
         finished = time.monotonic()
         result = ResultRecord(
             run_id=run.run_id,
@@ -437,31 +419,127 @@ class RunSupervisor:
             partial_artifacts=list(marker.partial_artifacts or []) if marker else [],
             final_metrics=_final_metrics(run.run_dir) if state is RunState.COMPLETED else {},
         )
-        # result.json first: the index entry is built from it (measured duration, device).
-        self._write_result(run, result)
-        if state is RunState.COMPLETED:
-            error = await self._index_completed(run.workspace, run.run_dir, result)
-            if error is None:
-                self._publish(run, ev.INDEX_UPDATED, {"run_id": run.run_id})
-            else:
-                self._publish(run, ev.INDEX_ORPHANED, {"error": msgspec.to_builtins(error)})
+        await self._record_verdict(run, result)
+
+    async def _classify(
+        self, run: LiveRun, exit_record: dict[str, Any] | None
+    ) -> tuple[RunState, str, int | None]:
+        if run.resumed:
+            # Events relayed by an earlier daemon count too.
+            seen = await asyncio.to_thread(_events_seen, run.run_dir / monitor.EVENTS_FILE)
+            run.artifacts_written |= seen["artifacts_written"]
+            run.run_cancelled |= seen["run_cancelled"]
+        if run.state is RunState.QUEUED and run.cancel_requested and run.started_at is None:
+            return RunState.CANCELLED_GRACEFUL, "cancelled while queued; never started", None
+        if exit_record is not None:
+            run.cancel_requested |= bool(exit_record.get("cancel_requested"))
+            run.killed |= bool(exit_record.get("killed"))
+            if exit_record.get("spawn_error"):
+                run.failure_message = f"could not start the trainer: {exit_record['spawn_error']}"
+        exit_code = exit_record.get("exit_code") if exit_record else None
+        if not isinstance(exit_code, int):
+            if exit_record is None and run.started_at is not None:
+                return await self._classify_monitor_lost(run)
+            return RunState.FAILED, run.failure_message or "the trainer never started", None
+        marker = read_cancelled_marker(run.run_dir)
+        verdict = classify_terminal_state(
+            exit_code=exit_code,
+            cancel_requested=run.cancel_requested,
+            artifacts_written=run.artifacts_written,
+            run_json_exists=run_json_readable(run.run_dir),
+            marker_valid=marker is not None,
+            run_cancelled=run.run_cancelled,
+            killed=run.killed,
+        )
+        reason = verdict.reason
+        if verdict.state is RunState.FAILED and run.failure_message:
+            reason = f"{run.failure_message} ({reason})"
+        return verdict.state, reason, exit_code
+
+    async def _classify_monitor_lost(self, run: LiveRun) -> tuple[RunState, str, int | None]:
+        """The monitor is gone without an exit status: killed (SIGKILL, OOM), or the
+        machine rebooted. Its trainer died with it (PR_SET_PDEATHSIG); whatever else of
+        the run is left is swept by the run id in its environment."""
+        assert run.record_dir is not None
+        recorded = monitor.read_monitor_record(str(run.record_dir)) or {}
+        if recorded.get("boot_id") not in (None, monitor.boot_id()):
+            return RunState.LOST, "the machine restarted while the run was in flight", None
+        swept = await asyncio.to_thread(sweep_run, run.run_id)
+        log.warning("monitor_lost", run_id=run.run_id, processes_swept=swept)
+        if run_json_readable(run.run_dir) and run.artifacts_written:
+            return (
+                RunState.COMPLETED,
+                "completed; its monitor was killed before it recorded the exit status",
+                None,
+            )
+        marker = read_cancelled_marker(run.run_dir)
+        verdict = classify_terminal_state(
+            exit_code=-9,
+            cancel_requested=run.cancel_requested,
+            artifacts_written=run.artifacts_written,
+            run_json_exists=run_json_readable(run.run_dir),
+            marker_valid=marker is not None,
+            run_cancelled=run.run_cancelled,
+            killed=False,
+        )
+        return (
+            verdict.state,
+            "its monitor was killed, and the trainer with it (a trainer never runs "
+            f"unmonitored): {verdict.reason}",
+            None,
+        )
+
+    async def _record_verdict(self, run: LiveRun, result: ResultRecord) -> None:
+        """result.json (final from here on), the index, run_terminal, then forget the
+        record; the in-memory run ends and its slot is free, whatever failed on the way."""
+        try:
+            self._reopen_events(run)
             self._write_result(run, result)
-        run.result = result
-        run.state = state
-        self._publish(run, ev.RUN_TERMINAL, msgspec.to_builtins(result))
-        log.info("run_terminal", run_id=run.run_id, state=state.value, reason=reason)
-        self._close_files(run)
-        self._drop_inflight(run)
-        self._active.pop(run.run_id, None)
-        with contextlib.suppress(ValueError):
-            self._queue.remove(run)
-        self._recent[run.run_id] = run
-        if not self._active and not self._queue:
-            self._intents.clear()
-        if len(self._recent) > 1000:
-            self._recent.pop(next(iter(self._recent)))
-        run.done.set()
-        self._schedule()
+            if result.state is RunState.COMPLETED:
+                error = await self._index_completed(run.workspace, run.run_dir, result)
+                if error is None:
+                    self._publish(run, ev.INDEX_UPDATED, {"run_id": run.run_id})
+                else:
+                    self._publish(run, ev.INDEX_ORPHANED, {"error": msgspec.to_builtins(error)})
+                self._write_result(run, result)
+            run.result = result
+            run.state = result.state
+            if not _has_terminal_event(run.run_dir / monitor.EVENTS_FILE):
+                self._publish(run, ev.RUN_TERMINAL, msgspec.to_builtins(result))
+            log.info(
+                "run_terminal", run_id=run.run_id, state=result.state.value, reason=result.reason
+            )
+        except Exception:
+            log.exception("verdict_recording_failed", run_id=run.run_id)
+            run.result = result
+            run.state = result.state
+        finally:
+            self._close_files(run)
+            if run.result is not None and run.result.state.value in _TERMINAL_STATES:
+                self.records.drop(run.run_id)
+            remove_stale_temp_files(run.run_dir)
+            self._active.pop(run.run_id, None)
+            with contextlib.suppress(ValueError):
+                self._queue.remove(run)
+            self._recent[run.run_id] = run
+            if len(self._recent) > 1000:
+                self._recent.pop(next(iter(self._recent)))
+            run.done.set()
+            self._schedule()
+
+    def _reopen_events(self, run: LiveRun) -> None:
+        """Take the run's events.jsonl back from the monitor, continuing its numbering."""
+        path = run.run_dir / monitor.EVENTS_FILE
+        run.run_seq = max(run.run_seq, monitor.last_run_seq(str(path)))
+        if run.events_file is not None and not run.events_file.closed:
+            return
+        try:
+            run.events_file = open(path, "ab")  # noqa: SIM115 - closed in _close_files
+            if run.events_file.tell() and not _ends_with_newline(path):
+                run.events_file.write(b"\n")  # a torn last line (a killed monitor)
+        except OSError as exc:
+            log.error("events_reopen_failed", run_id=run.run_id, error=str(exc))
+            run.events_file = None
 
     async def _index_completed(
         self, workspace: Path, run_dir: Path, result: ResultRecord
@@ -487,45 +565,88 @@ class RunSupervisor:
         return None
 
     def _write_result(self, run: LiveRun, result: ResultRecord) -> None:
+        # After an earlier daemon wrote a verdict, nothing overwrites it with another state.
+        previous = read_result(run.run_dir)
+        if previous is not None and previous.state is not result.state:
+            log.warning(
+                "verdict_kept", run_id=run.run_id, kept=previous.state.value, ignored=result.state
+            )
+            return
         try:
             write_bytes_atomic(run.run_dir / "result.json", _json.encode(result) + b"\n")
         except OSError as exc:
             log.error("result_write_failed", run_id=run.run_id, error=str(exc))
 
     def _close_files(self, run: LiveRun) -> None:
+        """Flush, fsync and close the run's files; a full disk is logged, never raised."""
         for handle in (run.events_file, run.log_file):
             if handle is not None and not handle.closed:
-                with contextlib.suppress(OSError):
+                try:
                     handle.flush()
                     os.fsync(handle.fileno())
-                handle.close()
+                except (OSError, ValueError) as exc:
+                    log.error("run_file_not_durable", run_id=run.run_id, error=str(exc))
+                with contextlib.suppress(OSError, ValueError):
+                    handle.close()
 
     # ------------------------------------------------------------------ cancel
 
     async def cancel(self, run: LiveRun, grace_s: float | None) -> tuple[bool, float | None]:
-        """Cancel a live run. Returns (already cancelling, seconds to the deadline)."""
-        if run.state is RunState.QUEUED and run.pid is None and run in self._queue:
+        """Cancel a live run. Returns (already cancelling, seconds to the deadline).
+
+        A queued run ends at once. A running one is cancelled by its monitor, which
+        holds the deadline from then on, with or without a daemon: the answer comes once
+        the monitor has it."""
+        if run.state is RunState.QUEUED and run.started_at is None and run in self._queue:
             run.cancel_requested = True
             self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": 0, "queued": True})
-            await self._finish(run, exit_code=None)
+            await self._finish(run, None)
             return False, None
         already = run.cancel_requested
-        if not already:
+        connection = run.connection
+        if connection is None:
+            # Between leaving the queue and the attach: _follow hands it over.
             run.cancel_requested = True
+            run.cancel_grace_s = grace_s if grace_s is not None else run.cancel_grace_s
             run.state = RunState.CANCELLING
-            await self._intents.record(run.run_id)  # durable before any signal
-            grace = run.grace_s if grace_s is None else grace_s
-            self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": grace})
-            log.info("cancel_requested", run_id=run.run_id, grace_s=grace)
-        if run.controller is None:
-            return already, None  # not spawned yet: _run applies the cancel on spawn
-        outcome = run.controller.request(grace_s)
-        return outcome.already_cancelling, outcome.deadline_in_s
+            return already, None
+        try:
+            reply = await connection.cancel(grace_s)
+        except MonitorError as exc:
+            raise RunforgeError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run's monitor went away (the run is ending)",
+                "see how it ended with `runforgectl show RUN_ID`",
+                {"run_id": run.run_id},
+            ) from exc
+        if reply.get("exited"):
+            raise RunforgeError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run's trainer has already exited",
+                "see how it ended with `runforgectl show RUN_ID`",
+                {"run_id": run.run_id},
+            )
+        run.cancel_requested = True
+        run.state = RunState.CANCELLING
+        log.info("cancel_requested", run_id=run.run_id, grace_s=grace_s, reply=reply)
+        deadline = reply.get("deadline_in_s")
+        return bool(reply.get("already")), float(deadline) if deadline is not None else None
 
-    async def shutdown(self) -> None:
-        """Stop accepting runs; cancel queued ones; cancel every running one, in parallel,
-        each with its own grace; wait for all to be classified."""
+    async def shutdown(self, *, keep_runs: bool = False) -> None:
+        """Stop accepting runs. With ``keep_runs``, detach from every monitor and leave
+        queued runs on disk for the next daemon. Otherwise cancel queued runs and every
+        running one, in parallel, each with its own grace, and wait for all verdicts."""
         self.accepting = False
+        if keep_runs:
+            self._detaching = True
+            for run in list(self._active.values()):
+                if run.connection is not None:
+                    await run.connection.close()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=10.0)
+            for run in list(self._active.values()) + list(self._queue):
+                self._close_files(run)
+            return
         for run in list(self._queue):
             await self.cancel(run, None)
         running = list(self._active.values())
@@ -536,8 +657,71 @@ class RunSupervisor:
         if running:
             await asyncio.gather(*(r.done.wait() for r in running))
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=PIPE_DRAIN_TIMEOUT_S * 2)
+            await asyncio.wait(list(self._tasks), timeout=10.0)
         self._intents.close()
+
+    # ------------------------------------------------------------------ taking over
+
+    def resume(self, trust_of: Callable[[Path], TrustedWorkspace]) -> int:
+        """Take over every run a previous daemon accepted and did not finish (call before
+        serving; returns at once, the work goes on in tasks): re-attach to live monitors,
+        classify runs that ended meanwhile from their exit status, finish recording
+        verdicts already on disk, and queue runs that never started, in their order."""
+        make_private(self.records.directory.parent)
+        taken = 0
+        for record_dir, record in self.records.load_all():
+            if record.run_id in self._active or self.find_live(record.run_id):
+                continue
+            run = _run_from_record(record, record_dir)
+            taken += 1
+            final = read_result(run.run_dir)
+            if final is not None and final.state.value in _TERMINAL_STATES:
+                self._active[run.run_id] = run
+                self._spawn_task(self._complete_recorded(run, final))
+                continue
+            situation = probe(record_dir)
+            if situation == "never_started":
+                try:
+                    run.trusted = trust_of(run.workspace)
+                except RunforgeError as exc:
+                    run.failure_message = f"not started: {exc.message}"
+                    run.started_at = None
+                    self._active[run.run_id] = run
+                    self._spawn_task(self._finish(run, None))
+                    continue
+                run.events_file = _open_append(run.run_dir / monitor.EVENTS_FILE)
+                run.run_seq = monitor.last_run_seq(str(run.run_dir / monitor.EVENTS_FILE))
+                self._queue.append(run)
+                continue
+            run.started_at = (monitor.read_monitor_record(str(record_dir)) or {}).get(
+                "started_at", record.request.created_at
+            )
+            run.state = RunState.RUNNING
+            self._active[run.run_id] = run
+            run.run_seq = monitor.last_run_seq(str(run.run_dir / monitor.EVENTS_FILE))
+            if situation == "running":
+                self._spawn_task(self._resume_running(run))
+            else:
+                self._spawn_task(self._finish(run, self._exit_on_disk(run)))
+        self._schedule()
+        return taken
+
+    async def _resume_running(self, run: LiveRun) -> None:
+        exit_record: dict[str, Any] | None = None
+        try:
+            exit_record = await self._follow(run)
+            if not self._detaching:
+                await self._finish(run, exit_record)
+        except Exception:
+            log.exception("run_supervision_failed", run_id=run.run_id)
+            if run.result is None and not self._detaching:
+                await self._finish(run, exit_record or self._exit_on_disk(run))
+
+    async def _complete_recorded(self, run: LiveRun, result: ResultRecord) -> None:
+        """A verdict an earlier daemon wrote is final: finish what it left undone (the
+        index entry is idempotent by run id; run_terminal only if missing), never
+        classify again."""
+        await self._record_verdict(run, result)
 
     # ------------------------------------------------------------------ durable state
 
@@ -763,3 +947,75 @@ def child_environment(base: Mapping[str, str], runner_path_dir: Path) -> dict[st
     env["PYTHONPATH"] = str(runner_path_dir)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+_TERMINAL_STATES = frozenset(
+    s.value
+    for s in (
+        RunState.COMPLETED,
+        RunState.FAILED,
+        RunState.CANCELLED_GRACEFUL,
+        RunState.CANCELLED_FORCED,
+        RunState.LOST,
+    )
+)
+
+
+def read_result(run_dir: Path) -> ResultRecord | None:
+    """The daemon's verdict in ``result.json``, or None (absent or unreadable)."""
+    try:
+        return _result_decoder.decode((run_dir / "result.json").read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def make_private(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+
+
+def _has_terminal_event(path: Path) -> bool:
+    needle = b'"type":"' + ev.RUN_TERMINAL.encode() + b'"'
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        return any(needle in line for line in handle)
+    return False
+
+
+def _ends_with_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+    except OSError:
+        return True
+
+
+def _open_append(path: Path) -> Any:
+    try:
+        return open(path, "ab")
+    except OSError as exc:
+        log.error("events_open_failed", path=str(path), error=str(exc))
+        return None
+
+
+def _run_from_record(record: AcceptedRecord, record_dir: Path) -> LiveRun:
+    """The in-memory run of a record a previous daemon left (trust is checked again
+    before a queued one starts)."""
+    workspace = Path(record.workspace)
+    run = LiveRun(
+        run_id=record.run_id,
+        workspace=workspace,
+        trusted=None,
+        request=record.request,
+        argv=record.spec.argv,
+        env=record.spec.env,
+        grace_s=record.spec.grace_s,
+        max_concurrent=record.max_concurrent,
+        max_concurrent_global=record.max_concurrent_global,
+        max_log_bytes=record.spec.max_log_bytes,
+        record_dir=record_dir,
+        accepted_ns=record.accepted_ns,
+        resumed=True,
+    )
+    run.topic_prefix = ev.run_topic_prefix(record.workspace, record.run_id)
+    return run

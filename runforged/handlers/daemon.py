@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from runforge_protocol.messages import (
     PROTOCOL_VERSION,
@@ -64,5 +65,9 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
 def shutdown(daemon: Daemon, request: Shutdown) -> ShutdownResult:
     in_flight = daemon.services.in_flight_ids() if daemon.services is not None else []
     # Answer first; the stop begins on the next loop iteration.
-    asyncio.get_running_loop().call_soon(daemon.request_stop)
+    asyncio.get_running_loop().call_soon(
+        functools.partial(daemon.request_stop, keep_runs=request.keep_runs)
+    )
+    if request.keep_runs or daemon.keep_runs:
+        return ShutdownResult(kept_runs=in_flight, pid=daemon.pid)
     return ShutdownResult(cancelling_runs=in_flight, pid=daemon.pid)
