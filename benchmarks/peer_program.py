@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
+from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from runforge_contract.atomicio import write_bytes_atomic
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
@@ -30,7 +31,6 @@ from runforge_protocol.records import (
     ResultRecord,
     RunState,
 )
-from runforge_runner.atomicio import write_bytes_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEMA_DIR = PACKAGE_DIR / "schema"

@@ -13,15 +13,15 @@ from typing import Any
 
 from sklearn.pipeline import Pipeline
 
-from runforge_runner import __version__
-from runforge_runner.dataset import Dataset
-from runforge_runner.evaluation import json_label
-from runforge_runner.layout import (
+from runforge_contract.layout import (
     FEATURE_IMPORTANCE_FILE,
     LINEAR_COEFFICIENTS_FILE,
     METRICS_V1_FILE,
     MODEL_FILE,
 )
+from runforge_runner import __version__
+from runforge_runner.dataset import Dataset
+from runforge_runner.evaluation import json_label
 from runforge_runner.params import PROFILE_VERSION, TrainingPlan
 
 TOP_K = 10

@@ -1,7 +1,7 @@
 """The RunForge runner contract for any trainer: events, cancel handling, files, exit codes.
 
-Standard library only (plus ``runforge_runner.atomicio``), so a user's own trainer can
-import it under any interpreter. A trainer builds a :class:`TrainerSession` for its run
+Standard library only (plus the stdlib-only ``runforge_contract``), so a user's own
+trainer can import it under any interpreter. A trainer builds a :class:`TrainerSession` for its run
 folder, emits events through it, calls :meth:`TrainerSession.checkpoint` between chunks
 of work, and hands its training function to :meth:`TrainerSession.run`, which turns a
 SIGTERM into the graceful cancel path (countdown, flush, ``.cancelled`` marker,
@@ -10,11 +10,9 @@ SIGTERM into the graceful cancel path (countdown, flush, ``.cancelled`` marker,
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -25,7 +23,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
+from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
+from runforge_contract.layout import CANCELLED_MARKER
+from runforge_contract.run_ids import MARKER_RUN_ID_PATTERN
+from runforge_contract.timestamps import utc_now
+from runforge_contract.trainer_events import EMITTED_FIELDS
 
 # Exit codes of every runforge_runner command (and of trainers that use this module).
 EXIT_OK = 0
@@ -56,34 +58,10 @@ STEP_ARTIFACTS = "artifact_writing"
 STEP_SHUTDOWN = "shutdown"
 STEPS = (STEP_DATASET_LOADING, STEP_TRAINING, STEP_METRICS, STEP_ARTIFACTS, STEP_SHUTDOWN)
 
-MARKER_NAME = ".cancelled"
+MARKER_NAME = CANCELLED_MARKER
 MARKER_SCHEMA_VERSION = "cancelled.v1.0.0"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,256}$")
-
-# Required and optional fields of each event a trainer may emit (events.schema.v1.json,
-# plus run_failed, this project's addition). Checked on emit so that a trainer's mistake
-# fails loudly in its own tests rather than as a skipped line in the daemon.
-_EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "run_start": (frozenset({"preset_id", "model_family"}), frozenset({"out_dir"})),
-    "dataset_loaded": (
-        frozenset({"num_samples", "num_features", "rows_dropped"}),
-        frozenset({"label_column", "dataset_fingerprint_sha256"}),
-    ),
-    "train_started": (frozenset({"model_family"}), frozenset()),
-    "train_progress": (frozenset({"epoch", "total_epochs"}), frozenset({"loss", "val_accuracy"})),
-    "train_finished": (frozenset(), frozenset({"duration_seconds"})),
-    "metrics_computed": (frozenset({"metrics_profile"}), frozenset({"accuracy"})),
-    "artifacts_written": (frozenset({"artifact_count"}), frozenset({"run_dir"})),
-    "cancelling": (frozenset({"seconds_remaining"}), frozenset({"step"})),
-    "run_cancelled": (frozenset({"step"}), frozenset({"reason", "graceful"})),
-    "run_failed": (frozenset({"error"}), frozenset({"step"})),
-}
-
-
-def utc_timestamp() -> str:
-    """Now, as ISO 8601 UTC with a ``Z`` suffix (the form every contract file uses)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+RUN_ID_PATTERN = MARKER_RUN_ID_PATTERN
+utc_timestamp = utc_now
 
 
 def cancel_grace_from_env(environ: Mapping[str, str] | None = None) -> float:
@@ -243,7 +221,7 @@ class TrainerSession:
         stream: TextIO | None = None,
     ) -> None:
         out = Path(os.path.abspath(out_dir))
-        if not RUN_ID_PATTERN.match(out.name) or out.name in (".", ".."):
+        if not RUN_ID_PATTERN.fullmatch(out.name) or out.name in (".", ".."):
             raise TrainerError(
                 ERROR_INVALID_ARGUMENTS,
                 f"the run folder name {out.name!r} is not a valid run id "
@@ -426,7 +404,7 @@ def format_event(event: str, run_id: str | None, **fields: Any) -> str:
     """One event as a JSON line; raises ``ValueError`` if its fields break the contract.
 
     ``run_id`` may be None only for ``run_failed`` before the run folder is known."""
-    spec = _EVENT_FIELDS.get(event)
+    spec = EMITTED_FIELDS.get(event)
     if spec is None:
         raise ValueError(f"unknown event type {event!r}")
     required, optional = spec

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from runforge_runner.atomicio import write_bytes_atomic
+from runforge_contract.atomicio import write_bytes_atomic
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data"
 SMALL_NAME = "iris_like.csv"

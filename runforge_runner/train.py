@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runforge_contract.layout import (
+    FEATURE_IMPORTANCE_FILE,
+    INTERPRETABILITY_INDEX_FILE,
+    LINEAR_COEFFICIENTS_FILE,
+    METRICS_FILE,
+    METRICS_V1_FILE,
+    MODEL_FILE,
+    PARTIAL_MODEL_FILE,
+    RUN_FILE,
+)
 from runforge_runner.contract import (
     ERROR_TRAINING_FAILED,
     STEP_ARTIFACTS,
@@ -30,16 +40,6 @@ from runforge_runner.contract import (
     workspace_relative,
 )
 from runforge_runner.dataset import load_dataset
-from runforge_runner.layout import (
-    FEATURE_IMPORTANCE_FILE,
-    INTERPRETABILITY_INDEX_FILE,
-    LINEAR_COEFFICIENTS_FILE,
-    METRICS_FILE,
-    METRICS_V1_FILE,
-    MODEL_FILE,
-    PARTIAL_MODEL_FILE,
-    RUN_FILE,
-)
 from runforge_runner.params import TrainingPlan
 
 

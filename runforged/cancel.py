@@ -1,181 +1,29 @@
-"""Cancel policy: SIGTERM, countdown, deadline, SIGKILL, and how a run ended.
+"""Cancel policy: SIGTERM, countdown, deadline, SIGKILL of the tree.
 
-Three pieces, none of which touches a process or a socket itself:
-
-- ``classify_terminal_state``: a pure function from what was observed once the trainer
-  exited to the run's terminal state and the reason for it (the table below);
-- ``read_cancelled_marker``: the trainer's ``.cancelled`` marker, or None when it is
-  absent, unreadable or not valid against the cancelled v1.0.0 schema (a corrupt marker
-  counts as absent);
-- ``CancelController``: the escalation for one run, on an injected clock and scheduler with
-  injected actions, so it is tested exactly with a fake clock and wired to asyncio with
-  ``CancelController.on_loop``.
-
-Terminal state, first matching row wins (``exit 0`` is the trainer's exit status):
-
-| state              | rule                                                                  |
-|--------------------|-----------------------------------------------------------------------|
-| completed          | ``artifacts_written`` observed, ``run.json`` exists, and exit 0 or a  |
-|                    | cancel was requested (training won the race: a runner that finished   |
-|                    | and was SIGTERMed during shutdown has everything on disk)              |
-| cancelled_graceful | a valid ``.cancelled`` marker, or ``run_cancelled`` observed          |
-| cancelled_forced   | a cancel was requested and the exit status is non-zero                |
-| failed             | anything else: non-zero exit without a cancel, or exit 0 without      |
-|                    | ``run.json`` or ``artifacts_written`` ("training incomplete")          |
-
-Whether the daemon had to SIGKILL changes the reason, never the state: the state is decided
-from files and events, not from how long the exit took. A graceful marker/event without a
-cancel request (someone sent SIGTERM to the trainer directly) is still a graceful cancel.
+``CancelController`` is the escalation for one run, on an injected clock and scheduler
+with injected actions (the executor handle's ``signal_trainer`` and ``kill_tree``), so it
+is tested exactly with a fake clock and wired to asyncio with ``CancelController.on_loop``.
+It touches no process and no file itself, and it does not decide how the run ended
+(``runforged.outcome`` does, from the evidence, including whether the deadline killed).
+The live path and crash reconciliation use it alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import math
-import os
-import signal
-import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Protocol
 
 import msgspec
 
 from runforge_protocol.errors import ErrorCode
-from runforge_protocol.records import RunState
 from runforged.errors import RunforgeError
 
-MARKER_NAME = ".cancelled"
-MARKER_SCHEMA_VERSION = "cancelled.v1.0.0"
-# A marker is a few hundred bytes; anything this large is not one.
-MARKER_MAX_BYTES = 1 << 20
-DEFAULT_GRACE_S = 5.0
 # Float slack when turning "seconds to the deadline" into a whole countdown value.
 _CLOCK_SLACK_S = 1e-6
-
-CancelStep = Literal[
-    "dataset_loading", "training", "metrics_computation", "artifact_writing", "shutdown"
-]
-
-
-class CancelledMarker(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``<run dir>/.cancelled`` as the cancelled v1.0.0 schema defines it."""
-
-    schema_version: Literal["cancelled.v1.0.0"]
-    run_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._-]+$")]
-    run_dir: str
-    cancelled_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)]  # RFC 3339 date-time
-    step: CancelStep
-    reason: str = ""
-    partial_artifacts: list[str] = []
-
-
-_marker_decoder = msgspec.json.Decoder(CancelledMarker)
-
-
-def read_cancelled_marker(run_dir: str | os.PathLike[str]) -> CancelledMarker | None:
-    """The run's valid ``.cancelled`` marker, or None (absent, not a regular file (a
-    symlink included), too large, not UTF-8 JSON, or not valid against the schema)."""
-    path = Path(run_dir) / MARKER_NAME
-    try:
-        # O_NONBLOCK: a FIFO planted under the marker's name must not hang the daemon.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = b""
-        while len(data) <= MARKER_MAX_BYTES:
-            chunk = os.read(fd, MARKER_MAX_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > MARKER_MAX_BYTES:
-        return None
-    try:
-        return _marker_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-
-
-class Classification(msgspec.Struct, frozen=True):
-    """A run's terminal state and why, in words for ``result.json`` and ``show``."""
-
-    state: RunState
-    reason: str  # "" only for a run that completed without any cancel
-
-
-def classify_terminal_state(
-    *,
-    exit_code: int,
-    cancel_requested: bool,
-    artifacts_written: bool,
-    run_json_exists: bool,
-    marker_valid: bool,
-    run_cancelled: bool,
-    killed: bool,
-) -> Classification:
-    """Decide how a run ended, after its trainer exited (see the module's table).
-
-    ``exit_code`` is the trainer's status as Python reports it (negative: killed by that
-    signal). ``killed`` says the daemon SIGKILLed the tree at the grace deadline.
-    """
-    exit_text = _describe_exit(exit_code, killed)
-    if artifacts_written and run_json_exists and (exit_code == 0 or cancel_requested):
-        if not cancel_requested:
-            return Classification(RunState.COMPLETED, "")
-        reason = "training finished before the cancel took effect"
-        if exit_code != 0:
-            reason += f" ({exit_text} after artifacts_written)"
-        return Classification(RunState.COMPLETED, reason)
-    if marker_valid or run_cancelled:
-        evidence = {
-            (True, False): ".cancelled marker written",
-            (False, True): "run_cancelled reported, no valid .cancelled marker",
-            (True, True): ".cancelled marker written and run_cancelled reported",
-        }[(marker_valid, run_cancelled)]
-        reason = f"cancelled gracefully: {evidence}"
-        if killed:
-            reason += "; still running at the grace deadline, process tree killed"
-        return Classification(RunState.CANCELLED_GRACEFUL, reason)
-    if cancel_requested and exit_code != 0:
-        if killed:
-            reason = "cancelled by force: still running at the grace deadline, process tree killed"
-        else:
-            reason = f"cancelled by force: {exit_text} with no .cancelled marker or run_cancelled"
-        return Classification(RunState.CANCELLED_FORCED, reason)
-    if exit_code != 0:
-        reason = exit_text
-        if artifacts_written and run_json_exists:
-            reason += " after writing its artifacts"
-        return Classification(RunState.FAILED, reason)
-    missing = [
-        name
-        for name, seen in (("run.json", run_json_exists), ("artifacts_written", artifacts_written))
-        if not seen
-    ]
-    reason = "training incomplete: exited 0 without " + " or ".join(missing)
-    if cancel_requested:
-        reason += " after the cancel request, and with no .cancelled marker or run_cancelled"
-    return Classification(RunState.FAILED, reason)
-
-
-def _describe_exit(exit_code: int, killed: bool) -> str:
-    if exit_code >= 0:
-        return f"exited with code {exit_code}"
-    try:
-        name = signal.Signals(-exit_code).name
-    except ValueError:
-        name = f"signal {-exit_code}"
-    return f"killed by {name}" + (" from the daemon" if killed else "")
 
 
 class Cancellable(Protocol):

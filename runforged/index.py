@@ -34,11 +34,11 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from runforge_contract.atomicio import fsync_directory, write_bytes_atomic
+from runforge_contract.timestamps import sort_timestamp
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.records import IndexEntry, IndexFile
-from runforge_runner.atomicio import fsync_directory, write_bytes_atomic
 from runforged.errors import RunforgeError
-from runforged.index_entry import sort_timestamp
 from runforged.paths import INDEX_FILE
 
 log = structlog.get_logger(__name__)

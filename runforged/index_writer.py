@@ -13,16 +13,14 @@ Because both go through the same queue, a run completing during recovery is neit
 lost nor duplicated: its ``add`` waits for the recovery's write, and a run id already
 indexed is never appended twice.
 
-How the daemon uses it when a run completes (exit 0, ``artifacts_written``, run.json)::
+When a run completes, the supervisor (and crash reconciliation) call
+``IndexWriters.add_completed``: it adds the entry, or on failure writes the run's
+``.index-orphan`` marker, and sets ``result.index_status``. The caller writes
+``result.json`` before (the entry takes the measured duration and the device from the
+outcome it is given) and again after (with the index status). The run stays "in flight"
+(in the set given to ``recover``/``orphans``) until that is done.
 
-    try:
-        await writer.add_run(run_dir, result)        # before writing result.json
-        index_status = IndexStatus.INDEXED
-    except Exception as exc:                          # RunforgeError, RunFolderError...
-        await writer.mark_orphan(run_id, exc)         # the .index-orphan marker
-        index_status = IndexStatus.ORPHANED
-
-Keep the run "in flight" (in the set given to ``recover``/``orphans``) until that is done.
+This module is the only one that writes the index (through ``RunIndex.commit``).
 """
 
 from __future__ import annotations
@@ -38,13 +36,24 @@ import structlog
 
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import OrphanInfo
-from runforge_protocol.records import IndexEntry, RecoveryReport, ResultRecord
+from runforge_protocol.records import (
+    IndexEntry,
+    IndexErrorInfo,
+    IndexStatus,
+    RecoveryReport,
+    ResultRecord,
+)
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
-from runforged.index_entry import INDEX_ORPHAN_MARKER, RunFolderError, build_index_entry
-from runforged.orphans import OrphanTracker, write_index_orphan_marker
-from runforged.paths import RUNS_DIR
+from runforged.index_entry import build_index_entry
+from runforged.orphans import OrphanTracker
 from runforged.recovery import recover_index
+from runforged.run_folder import (
+    RUNS_DIR,
+    RunFolderError,
+    delete_index_orphan_marker,
+    write_index_orphan_marker,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -221,14 +230,15 @@ class IndexWriter:
         for entry in added:
             folder = Path(entry.run_dir) if entry.run_dir is not None else None
             # Only folders directly under .ml/runs: the entry's run_dir came from a caller.
-            if folder is None or folder.parent != RUNS_DIR or folder.name in ("", ".", ".."):
+            if folder is None or folder.parent != Path(RUNS_DIR) or folder.name in ("", ".", ".."):
                 continue
-            marker = runs_root / folder.name / INDEX_ORPHAN_MARKER
             try:
-                marker.unlink(missing_ok=True)
+                delete_index_orphan_marker(runs_root, folder.name)
             except OSError as exc:
                 # The run is durably indexed; a marker left behind is ignored for it.
-                log.warning("stale_orphan_marker_not_deleted", path=str(marker), error=str(exc))
+                log.warning(
+                    "stale_orphan_marker_not_deleted", run_dir=entry.run_dir, error=str(exc)
+                )
             self.orphan_tracker.forget(folder.name)
         return added
 
@@ -270,6 +280,30 @@ class IndexWriters:
                 self._opening.pop(workspace, None)
         self._writers[workspace] = writer
         return writer
+
+    async def add_completed(
+        self, workspace: Path, run_dir: Path, result: ResultRecord
+    ) -> IndexErrorInfo | None:
+        """Add a completed run to its workspace index; on failure mark it orphaned. Sets
+        ``result.index_status`` (and ``index_error``); returns the error, if any. Adding a
+        run id already indexed changes nothing, so a retry is harmless."""
+        try:
+            writer = await self.get(workspace)
+            await writer.add_run(run_dir, result)
+        except Exception as exc:
+            log.error("index_update_failed", run_dir=str(run_dir), error=str(exc))
+            result.index_status = IndexStatus.ORPHANED
+            # Name the underlying failure (PermissionError...), as the marker does.
+            cause = exc.__cause__ if isinstance(exc, RunforgeError) and exc.__cause__ else exc
+            result.index_error = IndexErrorInfo(type=type(cause).__name__, message=str(exc))
+            try:
+                writer = await self.get(workspace)
+                await writer.mark_orphan(result.run_id, exc)
+            except Exception as marker_exc:
+                log.error("orphan_marker_failed", run_dir=str(run_dir), error=str(marker_exc))
+            return result.index_error
+        result.index_status = IndexStatus.INDEXED
+        return None
 
     async def aclose(self) -> None:
         """Wait for every writer's queued jobs."""

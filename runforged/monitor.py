@@ -52,6 +52,13 @@ import sys
 import time
 from typing import Any
 
+if __name__ == "__main__":
+    # Run as a script under -I -S: the contract package sits beside ours (checkout or
+    # site-packages); appended, so it can never shadow the standard library.
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS
+
 ACCEPTED = "accepted.json"
 LOCK = "lock"
 MONITOR_RECORD = "monitor.json"
@@ -64,7 +71,6 @@ LOGS_FILE = "logs.txt"
 
 READ_CHUNK = 1 << 16
 MAX_LINE = 1 << 20  # a longer stdout/stderr line is cut here
-MAX_EVENT_LINE = 64 * 1024  # a longer line that looks like an event is invalid
 MAX_EVENT_DEPTH = 32  # nesting of arrays/objects in one event
 DEFAULT_MAX_LOG_BYTES = 64 << 20
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what the daemon's MessagePack codec encodes
@@ -74,27 +80,6 @@ KILL_SETTLE_S = 10.0  # how long to keep killing and reaping what is left of the
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-
-# Required fields and their JSON types per trainer event type (events.schema.v1.json),
-# plus the runner's documented extra ``run_failed``.
-_STR, _INT, _NUM, _BOOL, _OBJ = str, int, (int, float), bool, dict
-TRAINER_EVENTS: dict[str, dict[str, Any]] = {
-    "run_start": {"run_id": _STR, "preset_id": _STR, "model_family": _STR},
-    "dataset_loaded": {
-        "run_id": _STR,
-        "num_samples": _INT,
-        "num_features": _INT,
-        "rows_dropped": _INT,
-    },
-    "train_started": {"run_id": _STR, "model_family": _STR},
-    "train_progress": {"run_id": _STR, "epoch": _INT, "total_epochs": _INT},
-    "train_finished": {"run_id": _STR},
-    "metrics_computed": {"run_id": _STR, "metrics_profile": _STR},
-    "artifacts_written": {"run_id": _STR},
-    "cancelling": {"run_id": _STR, "seconds_remaining": _NUM},
-    "run_cancelled": {"run_id": _STR, "graceful": _BOOL},
-    "run_failed": {"run_id": _STR, "error": _OBJ},
-}
 
 # Event types the monitor itself publishes (beside the trainer's).
 RUN_SPAWNED = "run_spawned"
@@ -322,7 +307,7 @@ def parse_event(line: bytes) -> tuple[str, bytes] | None:
     kind = obj.get("event")
     if not isinstance(kind, str):
         raise InvalidEvent("JSON object without a string 'event' field")
-    required = TRAINER_EVENTS.get(kind)
+    required = RELAYED_FIELDS.get(kind)
     if required is None:
         raise InvalidEvent(f"unknown event type {kind[:100]!r}")
     if not isinstance(obj.get("timestamp"), str):
@@ -332,7 +317,7 @@ def parse_event(line: bytes) -> tuple[str, bytes] | None:
         if (
             value is None
             or not isinstance(value, kinds)
-            or (kinds is _INT and isinstance(value, bool))
+            or (kinds is INT_TYPE and isinstance(value, bool))
         ):
             raise InvalidEvent(f"{kind}: missing or mistyped field {name!r}")
     if stripped.count(b"[") + stripped.count(b"{") > MAX_EVENT_DEPTH:

@@ -15,7 +15,9 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,21 @@ async def start_monitor(record_dir: Path, run_seq: int, env: dict[str, str]) -> 
     if process.returncode != 0 or not answer.startswith("READY "):
         raise MonitorError(answer.removeprefix("ERROR ") or f"monitor exited {process.returncode}")
     return int(answer.split()[1])
+
+
+class MonitorExecutor:
+    """Runs on this machine, each under its own monitor: the executor of every local run.
+    Where ``LocalExecutor`` hands the supervisor a trainer's raw output, a monitor hands
+    it events already numbered and persisted, keeps a cancel's deadline itself, and
+    outlives the daemon; the supervisor attaches to it again after a restart."""
+
+    name = "monitor"
+
+    async def start(self, record_dir: Path, run_seq: int, env: dict[str, str]) -> int:
+        return await start_monitor(record_dir, run_seq, env)
+
+    def connection(self, record_dir: Path, on_event: Callable[[Event], None]) -> MonitorConnection:
+        return MonitorConnection(record_dir, on_event)
 
 
 class MonitorConnection:
@@ -210,10 +227,8 @@ def probe(record_dir: Path) -> str:
 def sweep_run(run_id: str) -> int:
     """SIGKILL every live process of this user still carrying the run's id in its
     environment (what is left of a run whose monitor was killed). Returns the count."""
-    import signal
-
     killed = 0
-    for _ in range(20):
+    for _ in range(50):
         pids = monitor.processes_of_run(run_id)
         if not pids:
             break
@@ -221,4 +236,5 @@ def sweep_run(run_id: str) -> int:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
+        time.sleep(0.02)
     return killed

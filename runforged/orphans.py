@@ -1,6 +1,6 @@
 """Orphans: completed runs on disk that the index does not list, and their markers.
 
-An orphan is a run folder with a readable ``run.json`` naming a run the index does not
+An orphan is a run folder with a ``run.json`` the index could take, naming a run it does not
 list, that is not cancelled and not in flight: exactly what the next Recover Index would
 put back (it may still be skipped there if, say, its ``request.json`` is corrupt; the
 report says why). It may carry an ``.index-orphan`` marker saying why its index update
@@ -17,88 +17,28 @@ folder made by something other than this daemon is seen after ``rescan()``.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
-from runforge_protocol.errors import ErrorCode
+from runforge_contract.timestamps import sort_timestamp
 from runforge_protocol.messages import OrphanInfo
-from runforge_protocol.records import IndexErrorInfo, IndexOrphanMarker, ResultRecord
-from runforge_runner.atomicio import write_bytes_atomic
-from runforged.errors import RunforgeError
 from runforged.index import RunIndex
-from runforged.index_entry import (
+from runforged.outcome import was_cancelled
+from runforged.run_folder import (
+    CANCELLED_MARKER,
     INDEX_ORPHAN_MARKER,
-    RESULT_JSON,
-    RUN_JSON,
-    read_file,
+    RESULT_FILE,
+    RUN_FILE,
+    RUNS_DIR,
+    RunFolderError,
+    list_run_folders,
+    read_index_orphan_error,
+    read_result,
+    read_run_json,
     relative_run_dir,
-    sort_timestamp,
-    utc_now_iso,
-    was_cancelled,
 )
-from runforged.paths import INDEX_FILE, RUNS_DIR
-from runforged.recovery import run_folder_names
-
-# index-orphan schema v1.0.0 ``run_id`` pattern.
-_MARKER_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,256}")
-
-_marker_decoder = msgspec.json.Decoder(IndexOrphanMarker)
-_result_decoder = msgspec.json.Decoder(ResultRecord)
-_marker_encoder = msgspec.json.Encoder()
-
-
-class _RunIdentity(msgspec.Struct):
-    """Just enough of ``run.json`` to name an orphan."""
-
-    run_id: str
-    created_at: str | None = None
-
-
-_identity_decoder = msgspec.json.Decoder(_RunIdentity)
-
-
-def write_index_orphan_marker(workspace: Path, run_id: str, exc: BaseException) -> Path:
-    """Write ``<workspace>/.ml/runs/<run_id>/.index-orphan`` (index-orphan schema v1.0.0)
-    atomically, recording why the run's index update failed; returns its path.
-
-    The error recorded is the underlying one (``PermissionError``, ``OSError``...) when
-    ``exc`` is a RunforgeError raised from it, so the marker says what actually broke.
-    """
-    if not _MARKER_RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
-        raise RunforgeError(
-            ErrorCode.INVALID_RUN_ID,
-            f"{run_id!r} is not a valid run id",
-            details={"run_id": run_id},
-        )
-    cause = exc.__cause__ if isinstance(exc, RunforgeError) and exc.__cause__ else exc
-    message = str(cause) or type(cause).__name__
-    marker = IndexOrphanMarker(
-        run_id=run_id,
-        run_dir=relative_run_dir(run_id),
-        written_at=utc_now_iso(),
-        error=IndexErrorInfo(type=type(cause).__name__, message=message),
-        index_path=INDEX_FILE.as_posix(),
-    )
-    path = workspace / RUNS_DIR / run_id / INDEX_ORPHAN_MARKER
-    write_bytes_atomic(path, _marker_encoder.encode(marker))
-    return path
-
-
-def read_index_orphan_error(run_dir: Path) -> str | None:
-    """The error an ``.index-orphan`` marker records, as ``"<type>: <message>"``; None
-    when the folder has no marker."""
-    try:
-        marker = _marker_decoder.decode(read_file(str(run_dir / INDEX_ORPHAN_MARKER)))
-    except FileNotFoundError:
-        return None
-    except (OSError, msgspec.DecodeError) as exc:
-        return f"unreadable {INDEX_ORPHAN_MARKER} marker: {exc}"
-    return f"{marker.error.type}: {marker.error.message}"
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per folder, up to 10^5 of them
@@ -174,7 +114,7 @@ class OrphanTracker:
         if mtime_ns == self._runs_mtime_ns and mtime_ns is not None:
             return
         self._runs_mtime_ns = mtime_ns
-        self._names = run_folder_names(str(self.runs_dir))
+        self._names = list_run_folders(str(self.runs_dir))
         present = set(self._names)
         for gone in [name for name in self._known if name not in present]:
             del self._known[gone]
@@ -210,7 +150,7 @@ class _CompleteRun:
         self.folder = folder
 
     def __contains__(self, file: object) -> bool:
-        if file in (RUN_JSON, RESULT_JSON):
+        if file in (RUN_FILE, RESULT_FILE):
             return True
         if file == INDEX_ORPHAN_MARKER:
             # A listing names a marker even when it is a dangling link: so does this.
@@ -221,24 +161,28 @@ class _CompleteRun:
 def _candidate(folder: str, files: Container[str]) -> _Candidate | None:
     """What ``folder``, holding ``files``, says about its run."""
     try:
-        if RUN_JSON not in files:
+        if RUN_FILE not in files:
             return _NOT_AN_ORPHAN
         result = None
-        if RESULT_JSON in files:
+        if RESULT_FILE in files:
             try:
-                result = _result_decoder.decode(read_file(f"{folder}/{RESULT_JSON}"))
-            except msgspec.DecodeError:
+                result = read_result(f"{folder}/{RESULT_FILE}")
+            except RunFolderError as exc:
+                if isinstance(exc.__cause__, OSError):
+                    raise exc.__cause__ from None
                 result = None  # recovery reports it; the run.json still makes it an orphan
-        if was_cancelled(files, result):
+        if was_cancelled(result, lambda: CANCELLED_MARKER in files):
             return _NOT_AN_ORPHAN
-        identity = _identity_decoder.decode(read_file(f"{folder}/{RUN_JSON}"))
+        identity, _mtime = read_run_json(f"{folder}/{RUN_FILE}")
     except OSError as exc:
         if isinstance(files, _CompleteRun):
             raise _ListingNeeded from exc
-        return _NOT_AN_ORPHAN  # no usable run.json: recovery lists the folder as skipped
-    except msgspec.DecodeError:
         return _NOT_AN_ORPHAN
-    if not identity.run_id:
+    except RunFolderError as exc:
+        if isinstance(files, _CompleteRun) and isinstance(exc.__cause__, OSError):
+            raise _ListingNeeded from exc
+        # No run.json the index could take (recovery lists the folder as skipped, with
+        # the same reason): not an orphan.
         return _NOT_AN_ORPHAN
     error = read_index_orphan_error(Path(folder)) if INDEX_ORPHAN_MARKER in files else None
     return _Candidate(run_id=identity.run_id, created_at=identity.created_at, error=error)

@@ -1,22 +1,17 @@
-"""Path safety for everything a request names: workspaces, paths inside them, run ids."""
+"""Path safety for everything a request names: workspaces, paths inside them, run ids.
+
+The layout and the run-id rules themselves are ``runforge_contract``'s; this module turns
+a violation into the request's error."""
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
+from runforge_contract.layout import INDEX_FILE, RUNS_DIR
+from runforge_contract.run_ids import RUN_ID_PATTERN, is_valid_run_id, new_run_id
 from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
-
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-# Workspace-relative layout shared with RunForge.
-RUNS_DIR = Path(".ml") / "runs"
-INDEX_FILE = Path(".ml") / "outputs" / "index.json"
 
 
 def _reject_unusable(what: str, value: str) -> None:
@@ -79,7 +74,7 @@ def resolve_inside(workspace: Path, candidate: str) -> Path:
 
 def validate_run_id(run_id: str) -> str:
     """``run_id`` unchanged if it can safely name a folder under ``.ml/runs``."""
-    if not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
+    if not is_valid_run_id(run_id):
         raise RunforgeError(
             ErrorCode.INVALID_RUN_ID,
             f"{run_id!r} is not a valid run id",
@@ -87,30 +82,6 @@ def validate_run_id(run_id: str) -> str:
             details={"run_id": run_id},
         )
     return run_id
-
-
-_issued_lock = threading.Lock()
-_issued_second = ""
-_issued_this_second: set[str] = set()
-
-
-def new_run_id() -> str:
-    """A fresh run id, ``YYYYMMDD-HHMMSS-<8 lowercase hex>`` in UTC.
-
-    The random suffix alone makes collisions unlikely; remembering the ids handed out in
-    the current second makes them impossible within this process, whatever the concurrency.
-    """
-    global _issued_second
-    with _issued_lock:
-        second = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        if second != _issued_second:
-            _issued_second = second
-            _issued_this_second.clear()
-        while True:
-            run_id = f"{second}-{secrets.token_hex(4)}"
-            if run_id not in _issued_this_second:
-                _issued_this_second.add(run_id)
-                return run_id
 
 
 def runs_dir(workspace: Path) -> Path:
@@ -125,3 +96,17 @@ def run_dir(workspace: Path, run_id: str) -> Path:
 
 def index_path(workspace: Path) -> Path:
     return workspace / INDEX_FILE
+
+
+__all__ = [
+    "INDEX_FILE",
+    "RUNS_DIR",
+    "RUN_ID_PATTERN",
+    "index_path",
+    "new_run_id",
+    "resolve_inside",
+    "run_dir",
+    "runs_dir",
+    "validate_run_id",
+    "validate_workspace",
+]

@@ -10,7 +10,7 @@
   no daemon verdict): never indexed, listed in ``cancelled_excluded``;
 - recoverable: ``run.json`` (and ``request.json``/``result.json`` when present) make an
   index entry (see ``runforged.index_entry``);
-- anything else is ``skipped`` with ``MISSING_RUN_JSON``, ``CORRUPT_RUN_JSON`` or
+- anything else is ``skipped`` with ``MISSING_RUN_FILE``, ``CORRUPT_RUN_FILE`` or
   ``READ_ERROR`` and a message.
 
 The new entries are appended in one index write, oldest first; after that write, and
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from runforge_protocol.errors import ErrorCode
+from runforge_contract.timestamps import sort_timestamp, utc_now
 from runforge_protocol.records import (
     IndexEntry,
     RecoveryItem,
@@ -50,48 +50,36 @@ from runforge_protocol.records import (
     RecoverySkipError,
     ResultRecord,
 )
-from runforged.errors import RunforgeError
 from runforged.index import RunIndex
-from runforged.index_entry import (
+from runforged.index_entry import cancelled_run_id, entry_from_files, needs_run_json_mtime
+from runforged.outcome import was_cancelled
+from runforged.run_folder import (
+    CANCELLED_MARKER,
     INDEX_ORPHAN_MARKER,
-    REQUEST_JSON,
-    RESULT_JSON,
-    RUN_JSON,
+    REQUEST_FILE,
+    RESULT_FILE,
+    RUN_FILE,
+    RUNS_DIR,
     RunFolderError,
-    cancelled_run_id,
     decode_request,
     decode_result,
     decode_run_json,
-    entry_from_files,
+    delete_index_orphan_marker,
     file_error,
-    needs_run_json_mtime,
+    has_index_orphan_marker,
+    list_run_folders,
+    open_run_folder,
+    open_runs_folder,
     read_file,
     read_file_with_mtime,
     relative_run_dir,
-    sort_timestamp,
-    utc_now_iso,
-    was_cancelled,
+    unreadable_runs_folder,
 )
-from runforged.paths import RUNS_DIR
 
 log = structlog.get_logger(__name__)
 
 # The files of every run the daemon started and saw complete.
-_COMPLETE_RUN_FILES = frozenset({RUN_JSON, REQUEST_JSON, RESULT_JSON})
-
-
-def run_folder_names(runs_dir: str) -> list[str]:
-    """Names of the run folders in ``.ml/runs``, sorted (so reports are reproducible).
-
-    Hidden entries are not runs (a run id never starts with a dot).
-    """
-    try:
-        with os.scandir(runs_dir) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        raise _unreadable_runs_folder(runs_dir, exc) from exc
+_COMPLETE_RUN_FILES = frozenset({RUN_FILE, REQUEST_FILE, RESULT_FILE})
 
 
 def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
@@ -104,11 +92,11 @@ def recover_index(index: RunIndex, in_flight: Container[str]) -> RecoveryReport:
     index.refresh()
     runs_dir = str(index.workspace / RUNS_DIR)
     try:
-        runs_fd = os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        runs_fd = open_runs_folder(runs_dir)
     except (FileNotFoundError, NotADirectoryError):
         return _commit(index, _Scan(), None)  # no runs: still ensures the index file
     except OSError as exc:
-        raise _unreadable_runs_folder(runs_dir, exc) from exc
+        raise unreadable_runs_folder(runs_dir, exc) from exc
     try:
         return _commit(index, _scan(index, in_flight, runs_dir, runs_fd), runs_fd)
     finally:
@@ -146,7 +134,7 @@ def _commit(index: RunIndex, scan: _Scan, runs_fd: int | None) -> RecoveryReport
         recovered=recovered,
         skipped=scan.skipped,
         cancelled_excluded=scan.cancelled,
-        recovered_at=utc_now_iso(),
+        recovered_at=utc_now(),
         in_flight=scan.in_flight,
         corrupt_index_kept_as=index.take_corrupt_kept_as(),
         index_created=not file_existed and index.file_exists,
@@ -180,11 +168,7 @@ class _Scan:
 
 def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: int) -> _Scan:
     scan = _Scan()
-    try:
-        with os.scandir(runs_fd) as it:
-            names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-    except OSError as exc:
-        raise _unreadable_runs_folder(runs_dir, exc) from exc
+    names = list_run_folders(runs_dir, runs_fd=runs_fd)
     scan.scanned = len(names)
     candidate_ids: dict[str, str] = {}  # run id -> run_dir of the first folder naming it
     for name in names:
@@ -264,7 +248,7 @@ def _classify_folder(
     except _ListingNeeded:
         pass
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=runs_fd)
+        fd = open_run_folder(name, runs_fd=runs_fd)
         try:
             listing = set(os.listdir(fd))
         finally:
@@ -281,9 +265,9 @@ def _classify_folder(
 def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
     rel_dir = relative_run_dir(folder.name)
     try:
-        result = decode_result(folder.read(RESULT_JSON)) if RESULT_JSON in folder else None
-        if RUN_JSON not in folder:
-            if was_cancelled(folder, result):
+        result = decode_result(folder.read(RESULT_FILE)) if RESULT_FILE in folder else None
+        if RUN_FILE not in folder:
+            if was_cancelled(result, lambda: CANCELLED_MARKER in folder):
                 return RecoveryItem(
                     run_id=cancelled_run_id(folder.path, folder, result),
                     run_dir=rel_dir,
@@ -291,20 +275,20 @@ def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]
                 )
             return _missing_run_json(rel_dir, result)
         if needs_run_json_mtime(result):
-            data, mtime_ns = folder.read_with_mtime(RUN_JSON)
+            data, mtime_ns = folder.read_with_mtime(RUN_FILE)
         else:
-            data, mtime_ns = folder.read(RUN_JSON), None  # one system call less
+            data, mtime_ns = folder.read(RUN_FILE), None  # one system call less
         run = decode_run_json(data)
         if run.run_id in index:
             return None
-        if was_cancelled(folder, result):
+        if was_cancelled(result, lambda: CANCELLED_MARKER in folder):
             return RecoveryItem(run_id=run.run_id, run_dir=rel_dir, reason=RecoveryReason.CANCELLED)
         if run.run_id in candidate_ids:
             raise RunFolderError(
                 RecoverySkipError.CORRUPT_RUN_JSON,
                 f"run id {run.run_id} is also the run of {candidate_ids[run.run_id]}",
             )
-        request = decode_request(folder.read(REQUEST_JSON)) if REQUEST_JSON in folder else None
+        request = decode_request(folder.read(REQUEST_FILE)) if REQUEST_FILE in folder else None
     except RunFolderError as exc:
         return RecoverySkip(run_dir=rel_dir, error=exc.error, message=exc.message)
     return entry_from_files(folder.name, run, mtime_ns, request, result)
@@ -321,24 +305,15 @@ def _missing_run_json(rel_dir: str, result: ResultRecord | None) -> RecoverySkip
 def _delete_stale_marker(runs_fd: int, runs_dir: str, folder_name: str) -> bool:
     """Delete the ``.index-orphan`` marker of a run just indexed (it no longer tells the
     truth); returns whether there was one."""
-    marker = f"{folder_name}/{INDEX_ORPHAN_MARKER}"
-    # A bool, not an exception, in the common case of no marker (10^5 times per recovery).
-    if not os.access(marker, os.F_OK, dir_fd=runs_fd, follow_symlinks=False):
+    if not has_index_orphan_marker(folder_name, dir_fd=runs_fd):
         return False
     try:
-        os.unlink(marker, dir_fd=runs_fd)
-    except FileNotFoundError:
-        pass  # gone meanwhile; the run did have one
+        delete_index_orphan_marker(runs_fd, folder_name)
     except OSError as exc:
         # The run is indexed either way; a marker left behind is ignored for indexed runs.
-        log.warning("stale_orphan_marker_not_deleted", path=f"{runs_dir}/{marker}", error=str(exc))
+        log.warning(
+            "stale_orphan_marker_not_deleted",
+            path=f"{runs_dir}/{folder_name}/{INDEX_ORPHAN_MARKER}",
+            error=str(exc),
+        )
     return True
-
-
-def _unreadable_runs_folder(runs_dir: str, exc: OSError) -> RunforgeError:
-    return RunforgeError(
-        ErrorCode.INVALID_PATH,
-        f"the runs folder {runs_dir} could not be read: {exc.strerror or exc}",
-        remediation=f"make {runs_dir} a readable directory",
-        details={"path": runs_dir, "error_type": type(exc).__name__},
-    )

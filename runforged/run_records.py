@@ -20,8 +20,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from runforge_contract.atomicio import write_bytes_atomic
 from runforge_protocol.records import RequestRecord
-from runforge_runner.atomicio import write_bytes_atomic
 from runforged import monitor
 
 log = structlog.get_logger("runforged.run_records")

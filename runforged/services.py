@@ -3,7 +3,6 @@ wired together once per daemon."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -13,35 +12,27 @@ from typing import Any
 import msgspec
 import structlog
 
+from runforge_contract.timestamps import utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
 from runforge_protocol.records import RequestRecord
-from runforge_runner.atomicio import write_bytes_atomic
-from runforged import paths
+from runforged import paths, run_folder
+from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
+from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
+from runforged.monitor_executor import MonitorExecutor
 from runforged.probes import InterpreterProbes, choose_device
+from runforged.reconciliation import reconcile
 from runforged.server import Daemon
 from runforged.settings import ResolvedSettings, config_dir, resolve_settings
-from runforged.supervisor import LiveRun, RunSupervisor, child_environment, utc_now
+from runforged.supervisor import LiveRun, RunSupervisor
+from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
 
 log = structlog.get_logger("runforged.services")
 
-STATE_DIR_ENV = "RUNFORGE_STATE_DIR"
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_json = msgspec.json.Encoder()
-
-
-def state_dir() -> Path:
-    """``$RUNFORGE_STATE_DIR``, else ``$XDG_STATE_HOME/runforge``, else
-    ``~/.local/state/runforge``: where in-flight runs are recorded for crash recovery."""
-    explicit = os.environ.get(STATE_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    return base / "runforge"
 
 
 class Services:
@@ -50,21 +41,32 @@ class Services:
         self.config_dir = config_dir()
         self.trust = TrustStore(trust_store_path(self.config_dir))
         self.probes = InterpreterProbes()
-        self.runner_path_dir = daemon.endpoints.runtime_dir / "pythonpath"
+        self.trainer_path = TrainerPath(daemon.endpoints.runtime_dir / "pythonpath")
         self.indexes = IndexWriters()
+        self.state_dir = state_dir()
+        # Trainers as the daemon's own children: only to reconcile the runs a daemon from
+        # before per-run monitors left in flight. Every new run gets a monitor.
+        self.executors: dict[str, Executor] = {LocalExecutor.name: LocalExecutor()}
         self.supervisor = RunSupervisor(
             publisher=daemon.publisher,
             counters=daemon.counters,
             indexes=self.indexes,
-            state_dir=state_dir(),
+            state_dir=self.state_dir,
+            executor=MonitorExecutor(),
         )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._link_runner()
-        # Runs of a daemon from before per-run monitors (their trainers were its children).
-        outcomes = await self.supervisor.reconcile()
+        self.trainer_path.create()
+        outcomes = await reconcile(
+            state_dir=self.state_dir,
+            records=self.supervisor.inflight_records,
+            journal=self.supervisor.cancel_journal,
+            executors=self.executors,
+            indexes=self.indexes,
+            publisher=self.daemon.publisher,
+        )
         if outcomes:
             log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
         taken = self.supervisor.resume(lambda workspace: self.trust.require(str(workspace)))
@@ -74,25 +76,10 @@ class Services:
     async def stop(self, *, keep_runs: bool = False) -> None:
         await self.supervisor.shutdown(keep_runs=keep_runs)
         await self.indexes.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            (self.runner_path_dir / "runforge_runner").unlink()
-        with contextlib.suppress(OSError):
-            self.runner_path_dir.rmdir()
-
-    def _link_runner(self) -> None:
-        """A directory holding only ``runforge_runner``: on a foreign interpreter's
-        PYTHONPATH it makes the runner importable without the daemon's site-packages."""
-        import runforge_runner
-
-        package = Path(runforge_runner.__file__).resolve().parent
-        self.runner_path_dir.mkdir(mode=0o700, exist_ok=True)
-        link = self.runner_path_dir / "runforge_runner"
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to(package, target_is_directory=True)
+        self.trainer_path.remove()
 
     def child_env(self) -> dict[str, str]:
-        return child_environment(os.environ, self.runner_path_dir)
+        return child_environment(os.environ, self.trainer_path.directory)
 
     def active_count(self) -> int:
         return self.supervisor.active_count()
@@ -201,7 +188,7 @@ class Services:
         record = RequestRecord(
             run_id=run_id,
             workspace=str(workspace),
-            run_dir=f"{paths.RUNS_DIR}/{run_id}",
+            run_dir=run_folder.relative_run_dir(run_id),
             created_at=utc_now(),
             name=name,
             preset=settings.preset,
@@ -216,7 +203,7 @@ class Services:
             cancel_grace_s=settings.cancel_grace_seconds,
             argv=argv,
         )
-        write_bytes_atomic(run_dir / "request.json", _json.encode(record) + b"\n")
+        run_folder.write_request(run_dir, record)
         env["RUNFORGE_DATASET"] = str(dataset)
         env["RUNFORGE_CANCEL_GRACE_S"] = repr(float(settings.cancel_grace_seconds))
         env["RUNFORGE_RUN_ID"] = run_id

@@ -1,8 +1,20 @@
-"""The run supervisor: queue, spawn, relay events, cancel, classify, record, index.
+"""The run supervisor: it sequences each run, queue -> executor -> events -> outcome ->
+index, and keeps the in-memory view of live runs (a cache of what is on disk).
 
-Mechanics live elsewhere (``proctree`` signals processes, ``cancel`` decides escalation
-and terminal states, ``index`` writes the index); this module sequences them for each run
-and keeps the in-memory view of live runs, which is only a cache of what is on disk.
+It decides nothing itself and touches no process or file directly:
+
+- the executor (``runforged.executor``) starts, signals, kills and reaps the trainer;
+- the cancel policy (``runforged.cancel.CancelController``) decides when to signal;
+- the outcome (``runforged.outcome``) decides the terminal state;
+- the run folder (``runforged.run_folder``) is read and written through its module;
+- the index is written by ``runforged.index_writer``;
+- runs a crashed daemon left in flight are ``runforged.reconciliation``'s.
+
+Local runs go through a per-run monitor (``runforged.monitor_executor``): the daemon
+records a run when it accepts it (``runforged.run_records``), the monitor numbers and
+persists its events and holds a cancel's deadline, and a restarted daemon takes every
+recorded run over (``resume``): re-attached, classified from its exit record, or queued
+again if it never started.
 """
 
 from __future__ import annotations
@@ -12,57 +24,47 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import msgspec
 import structlog
 
+from runforge_contract import trainer_events as te
+from runforge_contract.timestamps import utc_now
 from runforge_protocol import events as ev
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
-from runforge_protocol.records import (
-    IndexErrorInfo,
-    IndexStatus,
-    RequestRecord,
-    ResultRecord,
-    RunState,
+from runforge_protocol.records import IndexStatus, RequestRecord, ResultRecord, RunState
+from runforged import monitor, outcome, run_folder
+from runforged.cancel import CancelController
+from runforged.durable_state import (
+    CancelJournal,
+    InflightRecord,
+    InflightRecords,
+    make_private,
 )
-from runforge_runner.atomicio import write_bytes_atomic
-from runforged import monitor, paths
-from runforged.cancel import CancelController, classify_terminal_state, read_cancelled_marker
 from runforged.errors import RunforgeError
+from runforged.executor import Executor, TrainerHandle, TrainerSpec, drain
 from runforged.index_writer import IndexWriters
-from runforged.intents import CancelJournal
 from runforged.monitor_executor import (
     MonitorConnection,
     MonitorError,
+    MonitorExecutor,
     probe,
-    start_monitor,
     sweep_run,
 )
-from runforged.proctree import ProcessIdentity, ProcessTree, boot_id, is_same_live_process
 from runforged.run_records import AcceptedRecord, MonitorSpec, RunRecords, remove_stale_temp_files
+from runforged.trainer_events import InvalidEventLine, parse_line
 from runforged.trust import TrustedWorkspace
 
 log = structlog.get_logger("runforged.supervisor")
 
 TREE_REFRESH_S = 0.5
 EVENTS_FLUSH_S = 0.2
-PIPE_DRAIN_TIMEOUT_S = 5.0
-READ_CHUNK = 1 << 16
 MAX_LOG_LINE = 1 << 20  # longer stderr/stdout lines are cut here in logs.txt
-
-_json = msgspec.json.Encoder()
-_result_decoder = msgspec.json.Decoder(ResultRecord)
-_event_decoder = msgspec.json.Decoder(Event)
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Publisher(Protocol):
@@ -79,32 +81,16 @@ class Publisher(Protocol):
     def send(self, topic: bytes, event: Event) -> None: ...
 
     def relay(self, topic: bytes, event: Event) -> None:
-        """Publish an event numbered elsewhere (a monitor): only ``seq`` is ours."""
-
-
-class InflightRecord(msgspec.Struct, kw_only=True):
-    """``<state dir>/inflight/<run_id>.json``: enough to classify the run after a daemon
-    crash, and to recognise its trainer (pid + start time + boot id) without ever
-    mistaking a reused pid for it."""
-
-    run_id: str
-    workspace: str
-    run_dir: str
-    pid: int
-    create_time: float
-    boot_id: str
-    started_at: str
-    cancel_grace_s: float = 5.0
-    # Every descendant seen while it ran (workers that left the process group included),
-    # so that a restarted daemon can still reach them.
-    descendants: list[ProcessIdentity] = []
+        """Publish an event numbered elsewhere (a monitor): only ``seq`` is given here."""
 
 
 @dataclass(eq=False)
 class LiveRun:
+    """A run of this daemon, from submit to terminal."""
+
     run_id: str
     workspace: Path
-    trusted: TrustedWorkspace | None  # None: resumed after a restart, already started
+    trusted: TrustedWorkspace | None  # None: taken over from an earlier daemon
     request: RequestRecord
     argv: list[str]
     env: dict[str, str]
@@ -113,33 +99,36 @@ class LiveRun:
     max_concurrent_global: int = 4
     state: RunState = RunState.QUEUED
     run_seq: int = 0
-    pid: int | None = None
     started_at: str | None = None
     started_mono: float | None = None
-    tree: ProcessTree | None = None
+    handle: TrainerHandle | None = None
     controller: CancelController | None = None
+    # Set at once when a cancel is asked (before the intent is durable and before the
+    # controller, which may not exist yet, acts), so a second request sees it.
     cancel_requested: bool = False
-    artifacts_written: bool = False
-    run_cancelled: bool = False
-    failure_message: str = ""
-    escalated: bool = False
+    # What the trainer's events said, for the outcome.
+    evidence: outcome.Evidence = field(default_factory=outcome.Evidence)
     result: ResultRecord | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     topic_prefix: bytes = b""
-    events_file: Any = None
-    log_file: Any = None
+    events_file: IO[bytes] | None = None
+    log_file: IO[bytes] | None = None
     inflight: InflightRecord | None = None
+    # Monitored runs: the durable record, the monitor's connection, its trainer's pid.
     max_log_bytes: int = monitor.DEFAULT_MAX_LOG_BYTES
     record_dir: Path | None = None
-    accepted_ns: int = 0
     connection: MonitorConnection | None = None
-    cancel_grace_s: float | None = None  # an explicit grace asked before the monitor ran
-    killed: bool = False  # the monitor SIGKILLed the tree at the cancel deadline
-    resumed: bool = False  # taken over from a previous daemon
+    trainer_pid: int | None = None
+    cancel_grace_s: float | None = None  # an explicit grace asked before the attach
+    resumed: bool = False  # taken over from an earlier daemon
 
     @property
     def run_dir(self) -> Path:
-        return paths.run_dir(self.workspace, self.run_id)
+        return self.workspace / run_folder.RUNS_DIR / self.run_id
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle is not None else self.trainer_pid
 
 
 class RunSupervisor:
@@ -150,14 +139,16 @@ class RunSupervisor:
         counters: Counters,
         indexes: IndexWriters,
         state_dir: Path,
+        executor: Executor | MonitorExecutor,
     ) -> None:
         self._publisher = publisher
         self._counters = counters
         self._indexes = indexes
-        self._inflight_dir = state_dir / "inflight"  # records of daemons before monitors
-        self._intents = CancelJournal(state_dir / "cancel-intents.log")
+        self._executor = executor
+        self.inflight_records = InflightRecords(state_dir / "inflight")
+        self.cancel_journal = CancelJournal(state_dir / "cancel-intents.log")
         self.records = RunRecords(state_dir / "runs")
-        self._detaching = False
+        self._detaching = False  # stopping with keep_runs: monitors carry on alone
         self._queue: deque[LiveRun] = deque()
         self._active: dict[str, LiveRun] = {}  # spawned, not yet terminal
         self._recent: dict[str, LiveRun] = {}  # terminal runs of this daemon, by id
@@ -214,35 +205,17 @@ class RunSupervisor:
             last_seq=run.run_seq,
         )
 
-    # ------------------------------------------------------------------ submit
+    # ------------------------------------------------------------------ queue
 
     def submit(self, run: LiveRun) -> None:
-        """Record a prepared run durably (its folder and request.json exist), queue it
-        and start what fits. Raises RunforgeError when the record cannot be written: a
-        run is accepted only once a daemon kill can no longer lose it."""
+        """Queue a prepared run (its folder and request.json exist) and start what fits.
+        A monitored run is recorded durably first: once ``train`` is answered, no daemon
+        kill can lose it. Raises RunforgeError when that record cannot be written."""
         run.topic_prefix = ev.run_topic_prefix(str(run.workspace), run.run_id)
-        run.accepted_ns = time.time_ns()
-        record = AcceptedRecord(
-            run_id=run.run_id,
-            workspace=str(run.workspace),
-            accepted_ns=run.accepted_ns,
-            request=run.request,
-            spec=MonitorSpec(
-                run_id=run.run_id,
-                workspace=str(run.workspace),
-                run_dir=str(run.run_dir),
-                cwd=str(run.workspace),
-                argv=run.argv,
-                env=run.env,
-                grace_s=run.grace_s,
-                max_log_bytes=run.max_log_bytes,
-            ),
-            max_concurrent=run.max_concurrent,
-            max_concurrent_global=run.max_concurrent_global,
-        )
         try:
-            run.record_dir = self.records.accept(record)
-            run.events_file = open(run.run_dir / monitor.EVENTS_FILE, "ab")  # noqa: SIM115
+            if isinstance(self._executor, MonitorExecutor):
+                run.record_dir = self.records.accept(_accepted_record(run))
+            run.events_file = run_folder.open_for_append(run.run_dir, run_folder.EVENTS_FILE)
         except OSError as exc:
             self.records.drop(run.run_id)
             raise RunforgeError(
@@ -273,7 +246,7 @@ class RunSupervisor:
         for run in started:
             self._spawn_task(self._run(run))
 
-    def _spawn_task(self, coro: Any) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -281,6 +254,57 @@ class RunSupervisor:
     # ------------------------------------------------------------------ one run
 
     async def _run(self, run: LiveRun) -> None:
+        if isinstance(self._executor, MonitorExecutor):
+            await self._run_monitored(run, self._executor)
+            return
+        await self._run_local(run, self._executor)
+
+    async def _run_local(self, run: LiveRun, executor: Executor) -> None:
+        exit_code: int | None = None
+        try:
+            try:
+                if run.trusted is not None:
+                    run.trusted.recheck()  # trust withdrawn while queued: never spawn
+                run.log_file = run_folder.open_for_append(run.run_dir, run_folder.LOGS_FILE)
+                handle = await executor.start(
+                    TrainerSpec(run_id=run.run_id, argv=run.argv, env=run.env, cwd=run.workspace)
+                )
+            except (OSError, RunforgeError) as exc:
+                run.evidence.failure_message = f"could not start the trainer: {exc}"
+                log.warning("spawn_failed", run_id=run.run_id, error=str(exc))
+                await self._finish(run, exit_code=None)
+                return
+            run.handle = handle
+            run.state = RunState.RUNNING
+            run.started_at = utc_now()
+            run.started_mono = time.monotonic()
+            self._save_inflight(run)
+            run.controller = self._cancel_controller(run, handle)
+            self._publish(run, ev.RUN_SPAWNED, {"pid": handle.pid, "argv": run.argv})
+            log.info("run_spawned", run_id=run.run_id, pid=handle.pid)
+            if run.cancel_requested:
+                # Cancelled between leaving the queue and the spawn: honour it now.
+                run.controller.request(run.grace_s)
+            relay = asyncio.ensure_future(self._relay_output(run, handle))
+            watcher = asyncio.ensure_future(self._watch_tree(run, handle))
+            flusher = asyncio.ensure_future(self._flush_periodically(run))
+            exit_code = await handle.wait()
+            run.controller.trainer_exited()  # stops the countdown, kills leftover workers
+            watcher.cancel()
+            # Workers that kept the pipes open were just killed; drain what is left.
+            await drain(handle, relay)
+            flusher.cancel()
+            await self._finish(run, exit_code=exit_code)
+        except Exception:
+            log.exception("run_supervision_failed", run_id=run.run_id)
+            if run.result is None:
+                message = run.evidence.failure_message or "internal error in the daemon"
+                run.evidence.failure_message = message
+                await self._finish(run, exit_code=exit_code)
+
+    # ------------------------------------------------------------------ monitored runs
+
+    async def _run_monitored(self, run: LiveRun, executor: MonitorExecutor) -> None:
         """Start the run's monitor, relay its events until it says the trainer was
         reaped (or goes away), then classify."""
         exit_record: dict[str, Any] | None = None
@@ -290,37 +314,37 @@ class RunSupervisor:
                     run.trusted.recheck()  # trust withdrawn while queued: never spawn
                 assert run.record_dir is not None
                 self._close_files(run)  # the monitor writes the run's files from now on
-                await start_monitor(run.record_dir, run.run_seq, run.env)
+                await executor.start(run.record_dir, run.run_seq, run.env)
             except (OSError, RunforgeError, MonitorError) as exc:
-                run.failure_message = f"could not start the trainer: {exc}"
+                run.evidence.failure_message = f"could not start the trainer: {exc}"
                 log.warning("spawn_failed", run_id=run.run_id, error=str(exc))
-                await self._finish(run, None)
+                await self._finish_monitored(run, None)
                 return
             run.started_at = utc_now()
             run.started_mono = time.monotonic()
-            exit_record = await self._follow(run)
-            if self._detaching:
-                return
-            await self._finish(run, exit_record)
+            exit_record = await self._follow(run, executor)
+            if not self._detaching:
+                await self._finish_monitored(run, exit_record)
         except Exception:
             log.exception("run_supervision_failed", run_id=run.run_id)
             if run.result is None and not self._detaching:
-                run.failure_message = run.failure_message or "internal error in the daemon"
-                await self._finish(run, exit_record or self._exit_on_disk(run))
+                message = run.evidence.failure_message or "internal error in the daemon"
+                run.evidence.failure_message = message
+                await self._finish_monitored(run, exit_record or self._exit_on_disk(run))
 
-    async def _follow(self, run: LiveRun) -> dict[str, Any] | None:
-        """Attach to the run's monitor from the run's last relayed event and relay until
-        it ends. The exit record, or None when the monitor died without one."""
+    async def _follow(self, run: LiveRun, executor: MonitorExecutor) -> dict[str, Any] | None:
+        """Attach to the run's monitor from the run's last relayed event on and relay
+        until it ends. The exit record, or None when the monitor died without one."""
         assert run.record_dir is not None
-        connection = MonitorConnection(run.record_dir, lambda e: self._relay(run, e))
+        connection = executor.connection(run.record_dir, lambda e: self._relay(run, e))
         try:
             hello = await connection.attach(run.run_seq)
         except MonitorError as exc:
             log.warning("monitor_unreachable", run_id=run.run_id, error=str(exc))
             return self._exit_on_disk(run)
         run.connection = connection
-        run.pid = hello.get("trainer_pid") or None
-        run.killed = bool(hello.get("killed"))
+        run.trainer_pid = hello.get("trainer_pid") or None
+        run.evidence.killed = bool(hello.get("killed"))
         if hello.get("cancel_requested"):
             run.cancel_requested = True
             run.state = RunState.CANCELLING
@@ -345,65 +369,193 @@ class RunSupervisor:
         """One event from the monitor (numbered and persisted there): note what the
         outcome needs, publish it."""
         if event.run_seq <= run.run_seq:
-            return  # already relayed (an attach never asks for these; belt and braces)
+            return  # already relayed (an attach never sends these; belt and braces)
         run.run_seq = event.run_seq
         kind = event.type
-        if kind == "artifacts_written":
-            run.artifacts_written = True
-        elif kind == "run_cancelled":
-            run.run_cancelled = True
-        elif kind == "run_failed":
-            error = event.data.get("error") or {}
+        evidence = run.evidence
+        if kind == te.ARTIFACTS_WRITTEN:
+            evidence.artifacts_written = True
+        elif kind == te.RUN_CANCELLED:
+            evidence.run_cancelled = True
+        elif kind == te.RUN_FAILED:
+            error = event.data.get("error")
             if isinstance(error, dict):
-                run.failure_message = str(error.get("message") or error.get("code") or "")
+                evidence.failure_message = str(error.get("message") or error.get("code") or "")
         elif kind == ev.CANCEL_REQUESTED:
             run.cancel_requested = True
             run.state = RunState.CANCELLING
         elif kind == ev.CANCEL_ESCALATED:
-            run.killed = True
-            log.warning("cancel_escalated", run_id=run.run_id, data=event.data)
+            evidence.killed = True
+            log.warning("cancel_escalated", run_id=run.run_id, processes=event.data)
         elif kind == ev.INVALID_EVENT_LINE:
             self._counters.invalid_trainer_lines += 1
         elif kind == ev.RUN_SPAWNED:
             pid = event.data.get("pid")
-            run.pid = pid if isinstance(pid, int) else run.pid
+            run.trainer_pid = pid if isinstance(pid, int) else run.trainer_pid
             if run.state is RunState.QUEUED:
                 run.state = RunState.RUNNING
         self._publisher.relay(run.topic_prefix + kind.encode(), event)
 
+    async def _finish_monitored(self, run: LiveRun, exit_record: dict[str, Any] | None) -> None:
+        """The monitored run's verdict, from the exit record (None: the monitor never
+        started, or died without one) and what the run folder and events say."""
+        try:
+            verdict, exit_code = await self._monitored_verdict(run, exit_record)
+        except Exception:
+            log.exception("classification_failed", run_id=run.run_id)
+            verdict = outcome.never_started("internal error in the daemon while classifying")
+            exit_code = None
+        await self._conclude(run, verdict, exit_code)
+
+    async def _monitored_verdict(
+        self, run: LiveRun, exit_record: dict[str, Any] | None
+    ) -> tuple[outcome.Classification, int | None]:
+        evidence = run.evidence
+        if run.resumed:
+            # Events an earlier daemon relayed (or nobody did) count too.
+            seen = await asyncio.to_thread(
+                run_folder.events_seen, run.run_dir, (te.ARTIFACTS_WRITTEN, te.RUN_CANCELLED)
+            )
+            evidence.artifacts_written |= seen[te.ARTIFACTS_WRITTEN]
+            evidence.run_cancelled |= seen[te.RUN_CANCELLED]
+        if run.started_at is None and run.cancel_requested:
+            return outcome.cancelled_while_queued(), None
+        if exit_record is not None:
+            run.cancel_requested |= bool(exit_record.get("cancel_requested"))
+            evidence.killed |= bool(exit_record.get("killed"))
+            if exit_record.get("spawn_error"):
+                evidence.failure_message = (
+                    f"could not start the trainer: {exit_record['spawn_error']}"
+                )
+        evidence.cancel_requested = run.cancel_requested
+        evidence.marker_valid = run_folder.read_cancelled_marker(run.run_dir) is not None
+        evidence.run_json_usable = run_folder.run_json_usable(run.run_dir)
+        exit_code = exit_record.get("exit_code") if exit_record is not None else None
+        if isinstance(exit_code, int):
+            return outcome.trainer_exited(exit_code, evidence), exit_code
+        if exit_record is None and run.started_at is not None:
+            assert run.record_dir is not None
+            recorded = monitor.read_monitor_record(str(run.record_dir)) or {}
+            rebooted = recorded.get("boot_id") not in (None, monitor.boot_id())
+            if not rebooted:
+                swept = await asyncio.to_thread(sweep_run, run.run_id)
+                log.warning("monitor_lost", run_id=run.run_id, processes_swept=swept)
+            return outcome.monitor_lost(evidence, rebooted=rebooted), None
+        return outcome.never_started(evidence.failure_message), None
+
+    def _cancel_controller(self, run: LiveRun, handle: TrainerHandle) -> CancelController:
+        escalation_published = False
+
+        def kill_tree() -> None:
+            nonlocal escalation_published
+            killed = handle.kill_tree()
+            controller = run.controller
+            if controller is not None and controller.killed and not escalation_published:
+                escalation_published = True
+                self._publish(run, ev.CANCEL_ESCALATED, {"signal": "SIGKILL", "processes": killed})
+                log.warning("cancel_escalated", run_id=run.run_id, processes=killed)
+
+        def send_term() -> None:
+            delivered = handle.signal_trainer()
+            log.info("sigterm_sent", run_id=run.run_id, delivered=delivered)
+
+        return CancelController.on_loop(
+            asyncio.get_running_loop(),
+            default_grace_s=run.grace_s,
+            send_term=send_term,
+            kill_tree=kill_tree,
+            publish_countdown=lambda s: self._publish(
+                run, ev.CANCEL_COUNTDOWN, {"seconds_remaining": s}
+            ),
+        )
+
+    async def _watch_tree(self, run: LiveRun, handle: TrainerHandle) -> None:
+        while True:
+            if handle.refresh():
+                self._save_inflight(run)
+            await asyncio.sleep(TREE_REFRESH_S)
+
+    async def _flush_periodically(self, run: LiveRun) -> None:
+        while True:
+            await asyncio.sleep(EVENTS_FLUSH_S)
+            self._flush(run)
+
     def _flush(self, run: LiveRun) -> None:
         for handle in (run.events_file, run.log_file):
             if handle is not None and not handle.closed:
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError):
                     handle.flush()
 
+    # ------------------------------------------------------------------ events
+
+    async def _relay_output(self, run: LiveRun, handle: TrainerHandle) -> None:
+        """stdout into logs.txt; stderr event lines published, the rest into logs.txt."""
+        async for stream, line in handle.output():
+            self._on_line(run, line, events=stream == "stderr")
+
+    def _on_line(self, run: LiveRun, line: bytes, events: bool) -> None:
+        if events:
+            try:
+                event = parse_line(line)
+            except InvalidEventLine as exc:
+                self._counters.invalid_trainer_lines += 1
+                log.warning("invalid_event_line", run_id=run.run_id, reason=str(exc))
+                self._publish(
+                    run,
+                    ev.INVALID_EVENT_LINE,
+                    {"reason": str(exc), "line": line[:200].decode("utf-8", "replace")},
+                )
+                event = None
+            if event is not None:
+                self._on_trainer_event(run, event)
+                return
+        if run.log_file is not None:
+            run.log_file.write(line[:MAX_LOG_LINE] + b"\n")
+
+    def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == te.ARTIFACTS_WRITTEN:
+            run.evidence.artifacts_written = True
+        elif kind == te.RUN_CANCELLED:
+            run.evidence.run_cancelled = True
+        elif kind == te.RUN_FAILED:
+            error = event.get("error") or {}
+            run.evidence.failure_message = str(error.get("message") or error.get("code") or "")
+        self._publish(run, kind, event)
+
     def _publish(self, run: LiveRun, kind: str, data: dict[str, Any]) -> None:
-        """An event of the daemon's own, while no monitor writes the run's events (queued,
-        or after the monitor has gone)."""
         run.run_seq += 1
         event = self._publisher.stamp(
             kind, data, workspace=str(run.workspace), run_id=run.run_id, run_seq=run.run_seq
         )
         if run.events_file is not None and not run.events_file.closed:
             try:
-                run.events_file.write(_json.encode(event) + b"\n")
-            except (OSError, ValueError) as exc:
+                run.events_file.write(run_folder.encode_event_line(event))
+            except OSError as exc:
                 log.error("events_persist_failed", run_id=run.run_id, error=str(exc))
         self._publisher.send(run.topic_prefix + kind.encode(), event)
 
     # ------------------------------------------------------------------ the end of a run
 
-    async def _finish(self, run: LiveRun, exit_record: dict[str, Any] | None) -> None:
-        """Classify the run, write result.json, index it, persist run_terminal, forget
-        its record. Never raises: whatever fails (a full disk), the run gets a verdict
-        and frees its slot."""
-        try:
-            verdict = await self._classify(run, exit_record)
-        except Exception:
-            log.exception("classification_failed", run_id=run.run_id)
-            verdict = (RunState.FAILED, "internal error in the daemon while classifying", None)
-        state, reason, exit_code = verdict
-        marker = read_cancelled_marker(run.run_dir)
+    async def _finish(self, run: LiveRun, *, exit_code: int | None) -> None:
+        evidence = run.evidence
+        evidence.cancel_requested = run.cancel_requested
+        evidence.killed = bool(run.controller and run.controller.killed)
+        evidence.marker_valid = run_folder.read_cancelled_marker(run.run_dir) is not None
+        if run.state is RunState.QUEUED and run.cancel_requested:
+            verdict = outcome.cancelled_while_queued()
+        elif exit_code is None:
+            verdict = outcome.never_started(evidence.failure_message)
+        else:
+            evidence.run_json_usable = run_folder.run_json_usable(run.run_dir)
+            verdict = outcome.trainer_exited(exit_code, evidence)
+        await self._conclude(run, verdict, exit_code)
+
+    async def _conclude(
+        self, run: LiveRun, verdict: outcome.Classification, exit_code: int | None
+    ) -> None:
+        marker = run_folder.read_cancelled_marker(run.run_dir)
+        state = verdict.state
         finished = time.monotonic()
         result = ResultRecord(
             run_id=run.run_id,
@@ -414,166 +566,83 @@ class RunSupervisor:
             finished_at=utc_now(),
             duration_ms=int((finished - run.started_mono) * 1000) if run.started_mono else None,
             device=run.request.device,
-            reason=reason,
+            reason=verdict.reason,
             cancel_requested=run.cancel_requested,
             partial_artifacts=list(marker.partial_artifacts or []) if marker else [],
-            final_metrics=_final_metrics(run.run_dir) if state is RunState.COMPLETED else {},
+            final_metrics=(
+                run_folder.final_metrics(run.run_dir) if state is RunState.COMPLETED else {}
+            ),
         )
         await self._record_verdict(run, result)
 
-    async def _classify(
-        self, run: LiveRun, exit_record: dict[str, Any] | None
-    ) -> tuple[RunState, str, int | None]:
-        if run.resumed:
-            # Events relayed by an earlier daemon count too.
-            seen = await asyncio.to_thread(_events_seen, run.run_dir / monitor.EVENTS_FILE)
-            run.artifacts_written |= seen["artifacts_written"]
-            run.run_cancelled |= seen["run_cancelled"]
-        if run.state is RunState.QUEUED and run.cancel_requested and run.started_at is None:
-            return RunState.CANCELLED_GRACEFUL, "cancelled while queued; never started", None
-        if exit_record is not None:
-            run.cancel_requested |= bool(exit_record.get("cancel_requested"))
-            run.killed |= bool(exit_record.get("killed"))
-            if exit_record.get("spawn_error"):
-                run.failure_message = f"could not start the trainer: {exit_record['spawn_error']}"
-        exit_code = exit_record.get("exit_code") if exit_record else None
-        if not isinstance(exit_code, int):
-            if exit_record is None and run.started_at is not None:
-                return await self._classify_monitor_lost(run)
-            return RunState.FAILED, run.failure_message or "the trainer never started", None
-        marker = read_cancelled_marker(run.run_dir)
-        verdict = classify_terminal_state(
-            exit_code=exit_code,
-            cancel_requested=run.cancel_requested,
-            artifacts_written=run.artifacts_written,
-            run_json_exists=run_json_readable(run.run_dir),
-            marker_valid=marker is not None,
-            run_cancelled=run.run_cancelled,
-            killed=run.killed,
-        )
-        reason = verdict.reason
-        if verdict.state is RunState.FAILED and run.failure_message:
-            reason = f"{run.failure_message} ({reason})"
-        return verdict.state, reason, exit_code
-
-    async def _classify_monitor_lost(self, run: LiveRun) -> tuple[RunState, str, int | None]:
-        """The monitor is gone without an exit status: killed (SIGKILL, OOM), or the
-        machine rebooted. Its trainer died with it (PR_SET_PDEATHSIG); whatever else of
-        the run is left is swept by the run id in its environment."""
-        assert run.record_dir is not None
-        recorded = monitor.read_monitor_record(str(run.record_dir)) or {}
-        if recorded.get("boot_id") not in (None, monitor.boot_id()):
-            return RunState.LOST, "the machine restarted while the run was in flight", None
-        swept = await asyncio.to_thread(sweep_run, run.run_id)
-        log.warning("monitor_lost", run_id=run.run_id, processes_swept=swept)
-        if run_json_readable(run.run_dir) and run.artifacts_written:
-            return (
-                RunState.COMPLETED,
-                "completed; its monitor was killed before it recorded the exit status",
-                None,
-            )
-        marker = read_cancelled_marker(run.run_dir)
-        verdict = classify_terminal_state(
-            exit_code=-9,
-            cancel_requested=run.cancel_requested,
-            artifacts_written=run.artifacts_written,
-            run_json_exists=run_json_readable(run.run_dir),
-            marker_valid=marker is not None,
-            run_cancelled=run.run_cancelled,
-            killed=False,
-        )
-        return (
-            verdict.state,
-            "its monitor was killed, and the trainer with it (a trainer never runs "
-            f"unmonitored): {verdict.reason}",
-            None,
-        )
-
     async def _record_verdict(self, run: LiveRun, result: ResultRecord) -> None:
-        """result.json (final from here on), the index, run_terminal, then forget the
-        record; the in-memory run ends and its slot is free, whatever failed on the way."""
+        """result.json first (a crash now leaves the verdict on disk, and it is final),
+        then the index, result.json again with the index status, run_terminal (once),
+        then forget the run's records. Whatever fails on the way (a full disk), the run
+        ends in memory and frees its slot."""
         try:
-            self._reopen_events(run)
+            self._take_back_events(run)
             self._write_result(run, result)
             if result.state is RunState.COMPLETED:
-                error = await self._index_completed(run.workspace, run.run_dir, result)
+                error = await self._indexes.add_completed(run.workspace, run.run_dir, result)
                 if error is None:
                     self._publish(run, ev.INDEX_UPDATED, {"run_id": run.run_id})
                 else:
                     self._publish(run, ev.INDEX_ORPHANED, {"error": msgspec.to_builtins(error)})
                 self._write_result(run, result)
-            run.result = result
-            run.state = result.state
-            if not _has_terminal_event(run.run_dir / monitor.EVENTS_FILE):
+            if not (
+                run.resumed
+                and run_folder.events_seen(run.run_dir, (ev.RUN_TERMINAL,))[ev.RUN_TERMINAL]
+            ):
                 self._publish(run, ev.RUN_TERMINAL, msgspec.to_builtins(result))
             log.info(
                 "run_terminal", run_id=run.run_id, state=result.state.value, reason=result.reason
             )
         except Exception:
             log.exception("verdict_recording_failed", run_id=run.run_id)
+        finally:
             run.result = result
             run.state = result.state
-        finally:
             self._close_files(run)
-            if run.result is not None and run.result.state.value in _TERMINAL_STATES:
+            self.inflight_records.drop(run.run_id)
+            if run.record_dir is not None:
                 self.records.drop(run.run_id)
-            remove_stale_temp_files(run.run_dir)
+                remove_stale_temp_files(run.run_dir)  # the trainer is gone: leftovers
             self._active.pop(run.run_id, None)
             with contextlib.suppress(ValueError):
                 self._queue.remove(run)
             self._recent[run.run_id] = run
+            if not self._active and not self._queue:
+                self.cancel_journal.clear()
             if len(self._recent) > 1000:
                 self._recent.pop(next(iter(self._recent)))
             run.done.set()
             self._schedule()
 
-    def _reopen_events(self, run: LiveRun) -> None:
-        """Take the run's events.jsonl back from the monitor, continuing its numbering."""
-        path = run.run_dir / monitor.EVENTS_FILE
-        run.run_seq = max(run.run_seq, monitor.last_run_seq(str(path)))
-        if run.events_file is not None and not run.events_file.closed:
+    def _take_back_events(self, run: LiveRun) -> None:
+        """After a monitor: reopen the run's events.jsonl, continuing its numbering."""
+        if run.record_dir is None or (run.events_file is not None and not run.events_file.closed):
             return
+        run.run_seq = max(run.run_seq, run_folder.last_run_seq(run.run_dir))
         try:
-            run.events_file = open(path, "ab")  # noqa: SIM115 - closed in _close_files
-            if run.events_file.tell() and not _ends_with_newline(path):
+            run.events_file = run_folder.open_for_append(run.run_dir, run_folder.EVENTS_FILE)
+            if run.events_file.tell() and not _ends_with_newline(run.run_dir):
                 run.events_file.write(b"\n")  # a torn last line (a killed monitor)
         except OSError as exc:
             log.error("events_reopen_failed", run_id=run.run_id, error=str(exc))
             run.events_file = None
 
-    async def _index_completed(
-        self, workspace: Path, run_dir: Path, result: ResultRecord
-    ) -> IndexErrorInfo | None:
-        """Add a completed run to its workspace index (the single writer); on failure mark
-        it orphaned. Sets ``result.index_status``; returns the error, if any."""
-        try:
-            writer = await self._indexes.get(workspace)
-            await writer.add_run(run_dir, result)
-        except Exception as exc:
-            log.error("index_update_failed", run_dir=str(run_dir), error=str(exc))
-            result.index_status = IndexStatus.ORPHANED
-            # Name the underlying failure (PermissionError...), as the marker does.
-            cause = exc.__cause__ if isinstance(exc, RunforgeError) and exc.__cause__ else exc
-            result.index_error = IndexErrorInfo(type=type(cause).__name__, message=str(exc))
-            try:
-                writer = await self._indexes.get(workspace)
-                await writer.mark_orphan(result.run_id, exc)
-            except Exception as marker_exc:
-                log.error("orphan_marker_failed", run_dir=str(run_dir), error=str(marker_exc))
-            return result.index_error
-        result.index_status = IndexStatus.INDEXED
-        return None
-
     def _write_result(self, run: LiveRun, result: ResultRecord) -> None:
-        # After an earlier daemon wrote a verdict, nothing overwrites it with another state.
-        previous = read_result(run.run_dir)
-        if previous is not None and previous.state is not result.state:
+        # A verdict on disk is final: another state never replaces it.
+        previous = run_folder.load_result(run.run_dir)
+        if previous is not None and previous.state.terminal and previous.state is not result.state:
             log.warning(
                 "verdict_kept", run_id=run.run_id, kept=previous.state.value, ignored=result.state
             )
+            result.state, result.reason = previous.state, previous.reason
             return
         try:
-            write_bytes_atomic(run.run_dir / "result.json", _json.encode(result) + b"\n")
+            run_folder.write_result(run.run_dir, result)
         except OSError as exc:
             log.error("result_write_failed", run_id=run.run_id, error=str(exc))
 
@@ -592,16 +661,35 @@ class RunSupervisor:
     # ------------------------------------------------------------------ cancel
 
     async def cancel(self, run: LiveRun, grace_s: float | None) -> tuple[bool, float | None]:
-        """Cancel a live run. Returns (already cancelling, seconds to the deadline).
-
-        A queued run ends at once. A running one is cancelled by its monitor, which
-        holds the deadline from then on, with or without a daemon: the answer comes once
-        the monitor has it."""
-        if run.state is RunState.QUEUED and run.started_at is None and run in self._queue:
+        """Cancel a live run. Returns (already cancelling, seconds to the deadline)."""
+        if run.state is RunState.QUEUED and run.pid is None and run in self._queue:
             run.cancel_requested = True
             self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": 0, "queued": True})
-            await self._finish(run, None)
+            if run.record_dir is not None:
+                await self._finish_monitored(run, None)
+            else:
+                await self._finish(run, exit_code=None)
             return False, None
+        if run.record_dir is not None:
+            return await self._cancel_monitored(run, grace_s)
+        already = run.cancel_requested
+        if not already:
+            run.cancel_requested = True
+            run.state = RunState.CANCELLING
+            await self.cancel_journal.record(run.run_id)  # durable before any signal
+            grace = run.grace_s if grace_s is None else grace_s
+            self._publish(run, ev.CANCEL_REQUESTED, {"grace_s": grace})
+            log.info("cancel_requested", run_id=run.run_id, grace_s=grace)
+        if run.controller is None:
+            return already, None  # not spawned yet: _run applies the cancel on spawn
+        request = run.controller.request(grace_s)
+        return request.already_cancelling, request.deadline_in_s
+
+    async def _cancel_monitored(
+        self, run: LiveRun, grace_s: float | None
+    ) -> tuple[bool, float | None]:
+        """The monitor holds the cancel from its answer on (deadline, countdown, SIGKILL
+        of the tree), with or without a daemon: no journal is needed."""
         already = run.cancel_requested
         connection = run.connection
         if connection is None:
@@ -628,14 +716,15 @@ class RunSupervisor:
             )
         run.cancel_requested = True
         run.state = RunState.CANCELLING
-        log.info("cancel_requested", run_id=run.run_id, grace_s=grace_s, reply=reply)
+        log.info("cancel_requested", run_id=run.run_id, grace_s=grace_s)
         deadline = reply.get("deadline_in_s")
         return bool(reply.get("already")), float(deadline) if deadline is not None else None
 
     async def shutdown(self, *, keep_runs: bool = False) -> None:
-        """Stop accepting runs. With ``keep_runs``, detach from every monitor and leave
-        queued runs on disk for the next daemon. Otherwise cancel queued runs and every
-        running one, in parallel, each with its own grace, and wait for all verdicts."""
+        """Stop accepting runs. With ``keep_runs``, detach from every monitor (runs go on)
+        and leave queued runs recorded for the next daemon. Otherwise cancel queued runs
+        and every running one, in parallel, each with its own grace, and wait for all to
+        be classified."""
         self.accepting = False
         if keep_runs:
             self._detaching = True
@@ -644,8 +733,9 @@ class RunSupervisor:
                     await run.connection.close()
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=10.0)
-            for run in list(self._active.values()) + list(self._queue):
+            for run in [*self._active.values(), *self._queue]:
                 self._close_files(run)
+            self.cancel_journal.close()
             return
         for run in list(self._queue):
             await self.cancel(run, None)
@@ -658,221 +748,83 @@ class RunSupervisor:
             await asyncio.gather(*(r.done.wait() for r in running))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10.0)
-        self._intents.close()
+        self.cancel_journal.close()
 
     # ------------------------------------------------------------------ taking over
 
     def resume(self, trust_of: Callable[[Path], TrustedWorkspace]) -> int:
-        """Take over every run a previous daemon accepted and did not finish (call before
-        serving; returns at once, the work goes on in tasks): re-attach to live monitors,
-        classify runs that ended meanwhile from their exit status, finish recording
-        verdicts already on disk, and queue runs that never started, in their order."""
+        """Take over every run an earlier daemon accepted and did not finish. Call before
+        serving: it returns at once (the work goes on in tasks, while requests are
+        served): re-attach to live monitors, classify runs that ended meanwhile from their
+        exit records, finish recording verdicts already on disk, and queue again runs
+        that never started, in their order. Returns how many runs were taken over."""
+        if not isinstance(self._executor, MonitorExecutor):
+            return 0
+        executor = self._executor
         make_private(self.records.directory.parent)
         taken = 0
         for record_dir, record in self.records.load_all():
-            if record.run_id in self._active or self.find_live(record.run_id):
+            if record.run_id in self._active or self.find_live(record.run_id) is not None:
                 continue
             run = _run_from_record(record, record_dir)
             taken += 1
-            final = read_result(run.run_dir)
-            if final is not None and final.state.value in _TERMINAL_STATES:
+            final = run_folder.load_result(run.run_dir)
+            if final is not None and final.state.terminal:
                 self._active[run.run_id] = run
-                self._spawn_task(self._complete_recorded(run, final))
+                self._spawn_task(self._record_verdict(run, final))
                 continue
             situation = probe(record_dir)
+            run.run_seq = run_folder.last_run_seq(run.run_dir)
             if situation == "never_started":
                 try:
                     run.trusted = trust_of(run.workspace)
-                except RunforgeError as exc:
-                    run.failure_message = f"not started: {exc.message}"
-                    run.started_at = None
+                    run.events_file = run_folder.open_for_append(
+                        run.run_dir, run_folder.EVENTS_FILE
+                    )
+                except (RunforgeError, OSError) as exc:
+                    message = exc.message if isinstance(exc, RunforgeError) else str(exc)
+                    run.evidence.failure_message = f"not started after a restart: {message}"
                     self._active[run.run_id] = run
-                    self._spawn_task(self._finish(run, None))
+                    self._spawn_task(self._finish_monitored(run, None))
                     continue
-                run.events_file = _open_append(run.run_dir / monitor.EVENTS_FILE)
-                run.run_seq = monitor.last_run_seq(str(run.run_dir / monitor.EVENTS_FILE))
                 self._queue.append(run)
                 continue
-            run.started_at = (monitor.read_monitor_record(str(record_dir)) or {}).get(
-                "started_at", record.request.created_at
-            )
+            started = monitor.read_monitor_record(str(record_dir)) or {}
+            run.started_at = started.get("started_at") or record.request.created_at
             run.state = RunState.RUNNING
             self._active[run.run_id] = run
-            run.run_seq = monitor.last_run_seq(str(run.run_dir / monitor.EVENTS_FILE))
             if situation == "running":
-                self._spawn_task(self._resume_running(run))
+                self._spawn_task(self._resume_running(run, executor))
             else:
-                self._spawn_task(self._finish(run, self._exit_on_disk(run)))
+                self._spawn_task(self._finish_monitored(run, self._exit_on_disk(run)))
         self._schedule()
         return taken
 
-    async def _resume_running(self, run: LiveRun) -> None:
+    async def _resume_running(self, run: LiveRun, executor: MonitorExecutor) -> None:
         exit_record: dict[str, Any] | None = None
         try:
-            exit_record = await self._follow(run)
+            exit_record = await self._follow(run, executor)
             if not self._detaching:
-                await self._finish(run, exit_record)
+                await self._finish_monitored(run, exit_record)
         except Exception:
             log.exception("run_supervision_failed", run_id=run.run_id)
             if run.result is None and not self._detaching:
-                await self._finish(run, exit_record or self._exit_on_disk(run))
-
-    async def _complete_recorded(self, run: LiveRun, result: ResultRecord) -> None:
-        """A verdict an earlier daemon wrote is final: finish what it left undone (the
-        index entry is idempotent by run id; run_terminal only if missing), never
-        classify again."""
-        await self._record_verdict(run, result)
+                await self._finish_monitored(run, exit_record or self._exit_on_disk(run))
 
     # ------------------------------------------------------------------ durable state
 
     def _save_inflight(self, run: LiveRun) -> None:
-        if run.inflight is None:
+        if run.handle is None or run.started_at is None:
             return
-        try:
-            self._inflight_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_bytes_atomic(
-                self._inflight_dir / f"{run.run_id}.json", _json.encode(run.inflight), 0o600
-            )
-        except OSError as exc:
-            log.error("inflight_record_failed", run_id=run.run_id, error=str(exc))
-
-    def _drop_inflight(self, run: LiveRun) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._inflight_dir / f"{run.run_id}.json").unlink()
-
-    async def reconcile(self) -> list[tuple[str, RunState]]:
-        """Classify every run a previous daemon left in flight (call before serving)."""
-        # Private like the runtime directory: it names pids and workspaces.
-        state_dir = self._inflight_dir.parent
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state_dir, 0o700)
-        cancelled = self._intents.recorded()
-        if not self._inflight_dir.is_dir():
-            self._intents.clear()
-            return []
-        outcomes = []
-        decoder = msgspec.json.Decoder(InflightRecord)
-        for path in sorted(self._inflight_dir.glob("*.json")):
-            try:
-                record = decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError) as exc:
-                log.error("inflight_record_unreadable", path=str(path), error=str(exc))
-                path.unlink(missing_ok=True)
-                continue
-            state = await self._reconcile_one(record, record.run_id in cancelled)
-            outcomes.append((record.run_id, state))
-            path.unlink(missing_ok=True)
-        self._intents.clear()
-        return outcomes
-
-    async def _reconcile_one(self, record: InflightRecord, cancel_requested: bool) -> RunState:
-        workspace = Path(record.workspace)
-        run_dir = workspace / record.run_dir
-        identity = ProcessIdentity(record.pid, record.create_time)
-        same_boot = record.boot_id == boot_id()
-        alive = same_boot and is_same_live_process(identity)
-        killed = False
-        if same_boot:
-            # Its pipes died with the old daemon, so it cannot be adopted robustly: a live
-            # trainer is cancelled with its grace and its tree killed at the deadline;
-            # workers it left behind are killed either way.
-            tree = ProcessTree(identity, record.descendants)
-            tree.refresh()
-            if alive:
-                tree.terminate_leader()
-                deadline = time.monotonic() + record.cancel_grace_s
-                while time.monotonic() < deadline and is_same_live_process(identity):
-                    tree.refresh()
-                    await asyncio.sleep(0.05)
-                killed = is_same_live_process(identity)
-                cancel_requested = True
-            tree.kill_all()
-        seen = _events_seen(run_dir / "events.jsonl")
-        marker = read_cancelled_marker(run_dir)
-        run_json = run_json_readable(run_dir)
-        if run_json:
-            # Nobody read its stderr while the daemon was down, so artifacts_written may
-            # never have been seen; run.json, which the runner writes last, is the proof.
-            state, reason = (
-                RunState.COMPLETED,
-                (
-                    "completed"
-                    if seen["artifacts_written"]
-                    else "finished while the daemon was down"
-                ),
-            )
-        elif marker is not None or seen["run_cancelled"]:
-            verdict = classify_terminal_state(
-                exit_code=1,
-                cancel_requested=True,
-                artifacts_written=False,
-                run_json_exists=run_json,
-                marker_valid=marker is not None,
-                run_cancelled=seen["run_cancelled"],
-                killed=killed,
-            )
-            state, reason = verdict.state, verdict.reason
-        elif alive:
-            state = RunState.CANCELLED_FORCED
-            reason = "cancelled when the daemon restarted after a crash: " + (
-                "still running at the grace deadline, process tree killed"
-                if killed
-                else "exited with no .cancelled marker or run_cancelled"
-            )
-        else:
-            state = RunState.LOST
-            reason = "the daemon died while the run was in flight; the trainer is gone"
-        result = ResultRecord(
-            run_id=record.run_id,
-            run_dir=record.run_dir,
-            state=state,
-            started_at=record.started_at,
-            finished_at=utc_now(),
-            reason=reason,
-            cancel_requested=cancel_requested,
-            partial_artifacts=list(marker.partial_artifacts or []) if marker else [],
-            final_metrics=_final_metrics(run_dir) if state is RunState.COMPLETED else {},
+        run.inflight = InflightRecord(
+            **msgspec.structs.asdict(run.handle.record),
+            run_id=run.run_id,
+            workspace=str(run.workspace),
+            run_dir=run.request.run_dir,
+            started_at=run.started_at,
+            cancel_grace_s=run.grace_s,
         )
-        with contextlib.suppress(OSError):
-            write_bytes_atomic(run_dir / "result.json", _json.encode(result) + b"\n")
-        if state is RunState.COMPLETED:
-            await self._index_completed(workspace, run_dir, result)  # idempotent by run id
-            with contextlib.suppress(OSError):
-                write_bytes_atomic(run_dir / "result.json", _json.encode(result) + b"\n")
-        self._append_terminal_event(run_dir, record, result)
-        log.info("run_reconciled", run_id=record.run_id, state=state.value, was_alive=alive)
-        return state
-
-    def _append_terminal_event(
-        self, run_dir: Path, record: InflightRecord, result: ResultRecord
-    ) -> None:
-        """Close the run's event log with the terminal event its old daemon never wrote,
-        so that a follower replaying it sees the end."""
-        path = run_dir / "events.jsonl"
-        try:
-            with open(path, "rb") as handle:
-                last = max(
-                    (
-                        _event_decoder.decode(line).run_seq
-                        for line in handle
-                        if line.strip().startswith(b"{") and line.endswith(b"\n")
-                    ),
-                    default=0,
-                )
-        except (OSError, msgspec.DecodeError):
-            last = 0
-        event = self._publisher.stamp(
-            ev.RUN_TERMINAL,
-            msgspec.to_builtins(result),
-            workspace=record.workspace,
-            run_id=record.run_id,
-            run_seq=last + 1,
-        )
-        with contextlib.suppress(OSError), open(path, "ab") as handle:
-            handle.write(b"\n" + _json.encode(event) + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._publisher.send(ev.run_topic(record.workspace, record.run_id, ev.RUN_TERMINAL), event)
+        self.inflight_records.save(run.inflight)
 
     # ------------------------------------------------------------------ replay
 
@@ -884,127 +836,33 @@ class RunSupervisor:
         return live
 
 
-def read_events(path: Path, since: int, limit: int) -> tuple[list[Event], int]:
-    """Persisted events with ``run_seq > since`` (at most ``limit``) and the highest
-    ``run_seq`` on disk. A torn last line (a crash mid-write) is skipped."""
-    events: list[Event] = []
-    last = 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            try:
-                event = _event_decoder.decode(line)
-            except msgspec.DecodeError:
-                continue
-            last = max(last, event.run_seq)
-            if event.run_seq > since and len(events) < limit:
-                events.append(event)
-    return events, last
-
-
-def run_json_readable(run_dir: Path) -> bool:
-    """``run.json`` exists and is a JSON object (a torn write is not a completed run)."""
-    try:
-        return isinstance(msgspec.json.decode((run_dir / "run.json").read_bytes()), dict)
-    except (OSError, msgspec.DecodeError):
-        return False
-
-
-def _final_metrics(run_dir: Path) -> dict[str, float]:
-    """Numeric top-level values of the runner's ``metrics.json``."""
-    try:
-        document = msgspec.json.decode((run_dir / "metrics.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    return {
-        k: float(v)
-        for k, v in document.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def _events_seen(path: Path) -> dict[str, bool]:
-    seen = {"artifacts_written": False, "run_cancelled": False}
-    # A cheap byte search: the file holds our own encoding of Event, type before data.
-    with contextlib.suppress(OSError), open(path, "rb") as handle:
-        for line in handle:
-            for kind in seen:
-                if b'"type":"' + kind.encode() + b'"' in line:
-                    seen[kind] = True
-    return seen
-
-
-def child_environment(base: Mapping[str, str], runner_path_dir: Path) -> dict[str, str]:
-    """The trainer's environment: the daemon's, minus anything that would put the daemon's
-    own packages on the trainer's path, plus a PYTHONPATH holding only the runner."""
-    env = {
-        k: v
-        for k, v in base.items()
-        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "NOTIFY_SOCKET")
-        and not k.startswith(("WATCHDOG_", "RUNFORGED_"))
-    }
-    env["PYTHONPATH"] = str(runner_path_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-_TERMINAL_STATES = frozenset(
-    s.value
-    for s in (
-        RunState.COMPLETED,
-        RunState.FAILED,
-        RunState.CANCELLED_GRACEFUL,
-        RunState.CANCELLED_FORCED,
-        RunState.LOST,
+def _accepted_record(run: LiveRun) -> AcceptedRecord:
+    return AcceptedRecord(
+        run_id=run.run_id,
+        workspace=str(run.workspace),
+        accepted_ns=time.time_ns(),
+        request=run.request,
+        spec=MonitorSpec(
+            run_id=run.run_id,
+            workspace=str(run.workspace),
+            run_dir=str(run.run_dir),
+            cwd=str(run.workspace),
+            argv=run.argv,
+            env=run.env,
+            grace_s=run.grace_s,
+            max_log_bytes=run.max_log_bytes,
+        ),
+        max_concurrent=run.max_concurrent,
+        max_concurrent_global=run.max_concurrent_global,
     )
-)
-
-
-def read_result(run_dir: Path) -> ResultRecord | None:
-    """The daemon's verdict in ``result.json``, or None (absent or unreadable)."""
-    try:
-        return _result_decoder.decode((run_dir / "result.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return None
-
-
-def make_private(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(directory, 0o700)
-
-
-def _has_terminal_event(path: Path) -> bool:
-    needle = b'"type":"' + ev.RUN_TERMINAL.encode() + b'"'
-    with contextlib.suppress(OSError), open(path, "rb") as handle:
-        return any(needle in line for line in handle)
-    return False
-
-
-def _ends_with_newline(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
-    except OSError:
-        return True
-
-
-def _open_append(path: Path) -> Any:
-    try:
-        return open(path, "ab")
-    except OSError as exc:
-        log.error("events_open_failed", path=str(path), error=str(exc))
-        return None
 
 
 def _run_from_record(record: AcceptedRecord, record_dir: Path) -> LiveRun:
-    """The in-memory run of a record a previous daemon left (trust is checked again
+    """The in-memory run of a record an earlier daemon left (trust is checked again
     before a queued one starts)."""
-    workspace = Path(record.workspace)
     run = LiveRun(
         run_id=record.run_id,
-        workspace=workspace,
+        workspace=Path(record.workspace),
         trusted=None,
         request=record.request,
         argv=record.spec.argv,
@@ -1014,8 +872,16 @@ def _run_from_record(record: AcceptedRecord, record_dir: Path) -> LiveRun:
         max_concurrent_global=record.max_concurrent_global,
         max_log_bytes=record.spec.max_log_bytes,
         record_dir=record_dir,
-        accepted_ns=record.accepted_ns,
         resumed=True,
     )
     run.topic_prefix = ev.run_topic_prefix(record.workspace, record.run_id)
     return run
+
+
+def _ends_with_newline(run_dir: Path) -> bool:
+    try:
+        with open(run_dir / run_folder.EVENTS_FILE, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+    except OSError:
+        return True

@@ -8,28 +8,7 @@ from typing import Any
 
 import msgspec
 
-# Required fields and their JSON types per event type (events.schema.v1.json), plus the
-# runner's documented extra ``run_failed``. Validation stays this light on purpose: it is
-# on the relay's hot path, and the full schema is checked in the runner's own tests.
-_STR, _INT, _NUM, _BOOL, _OBJ = str, int, (int, float), bool, dict
-REQUIRED: dict[str, dict[str, Any]] = {
-    "run_start": {"run_id": _STR, "preset_id": _STR, "model_family": _STR},
-    "dataset_loaded": {
-        "run_id": _STR,
-        "num_samples": _INT,
-        "num_features": _INT,
-        "rows_dropped": _INT,
-    },
-    "train_started": {"run_id": _STR, "model_family": _STR},
-    "train_progress": {"run_id": _STR, "epoch": _INT, "total_epochs": _INT},
-    "train_finished": {"run_id": _STR},
-    "metrics_computed": {"run_id": _STR, "metrics_profile": _STR},
-    "artifacts_written": {"run_id": _STR},
-    "cancelling": {"run_id": _STR, "seconds_remaining": _NUM},
-    "run_cancelled": {"run_id": _STR, "graceful": _BOOL},
-    "run_failed": {"run_id": _STR, "error": _OBJ},
-}
-MAX_EVENT_LINE = 64 * 1024
+from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS
 
 _decoder = msgspec.json.Decoder()
 
@@ -54,7 +33,7 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
     kind = obj.get("event")
     if not isinstance(kind, str):
         raise InvalidEventLine("JSON object without a string 'event' field")
-    required = REQUIRED.get(kind)
+    required = RELAYED_FIELDS.get(kind)
     if required is None:
         raise InvalidEventLine(f"unknown event type {kind!r}")
     if not isinstance(obj.get("timestamp"), str):
@@ -64,7 +43,7 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
         if (
             value is None
             or not isinstance(value, kinds)
-            or (kinds is _INT and isinstance(value, bool))
+            or (kinds is INT_TYPE and isinstance(value, bool))
         ):
             raise InvalidEventLine(f"{kind}: missing or mistyped field {field!r}")
     return obj

@@ -26,8 +26,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from runforge_contract.atomicio import write_json_atomic
 from runforge_protocol.errors import ErrorCode
-from runforge_runner.atomicio import write_json_atomic
 from runforged.errors import RunforgeError
 from runforged.paths import validate_workspace
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from runforge_contract import layout
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
     DocumentResult,
@@ -31,62 +32,32 @@ from runforge_protocol.messages import (
     RunSummary,
     ShowRun,
 )
-from runforge_protocol.records import IndexEntry, IndexStatus, RequestRecord, ResultRecord, RunState
-from runforge_runner import layout
-from runforge_runner.atomicio import write_bytes_atomic
-from runforged import paths
+from runforge_protocol.records import IndexEntry, IndexStatus
+from runforged import outcome, paths, run_folder
 from runforged.errors import RunforgeError
+from runforged.index import RunIndex
 from runforged.inspection import inspect_artifact as spawn_inspect_artifact
 from runforged.inspection import inspect_dataset as spawn_inspect_dataset
 from runforged.markdown import render_run_markdown
 from runforged.server import Daemon, handles
 
-_result_decoder = msgspec.json.Decoder(ResultRecord)
-_request_decoder = msgspec.json.Decoder(RequestRecord)
-RUN_SUMMARY_FILE = "run-summary.md"
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return msgspec.json.decode(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, msgspec.DecodeError) as exc:
-        raise RunforgeError(
-            ErrorCode.ARTIFACT_NOT_FOUND,
-            f"{path.name} of this run cannot be read: {exc}",
-            "the file is corrupt; 'runforgectl recover' will report the run folder",
-            {"path": str(path)},
-        ) from exc
-
-
-def _decode(decoder: Any, path: Path) -> Any:
-    try:
-        return decoder.decode(path.read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) -> RunSummary:
     """A finished run as the files in its folder describe it."""
     folder = paths.run_dir(workspace, run_id)
-    result: ResultRecord | None = _decode(_result_decoder, folder / "result.json")
-    request: RequestRecord | None = _decode(_request_decoder, folder / "request.json")
-    if entry is not None:
-        state = RunState.COMPLETED
-    elif result is not None:
-        state = result.state
-    elif (folder / layout.RUN_FILE).is_file():
-        state = RunState.COMPLETED  # written by another tool, or an orphan
-    else:
-        state = RunState.LOST
+    result = run_folder.load_result(folder)
+    request = run_folder.load_request(folder)
+    state = outcome.state_on_disk(
+        indexed=entry is not None,
+        result=result,
+        run_json_usable=entry is None and result is None and run_folder.run_json_usable(folder),
+    )
     summary = RunSummary(
         run_id=run_id,
         workspace=str(workspace),
-        run_dir=f"{paths.RUNS_DIR}/{run_id}",
+        run_dir=run_folder.relative_run_dir(run_id),
         state=state,
         index_status=IndexStatus.INDEXED
         if entry is not None
@@ -129,7 +100,7 @@ async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> t
             )
         return latest.run_id, latest
     run_id = paths.validate_run_id(run_id)
-    if not paths.run_dir(workspace, run_id).is_dir():
+    if not run_folder.exists(paths.run_dir(workspace, run_id)):
         raise RunforgeError(
             ErrorCode.RUN_NOT_FOUND,
             f"no run {run_id} in {workspace}",
@@ -146,7 +117,7 @@ async def _document(
     run_id, entry = await _resolve_run(daemon, workspace, run_id_arg)
     folder = paths.run_dir(workspace, run_id)
     for name in files:
-        document = await asyncio.to_thread(_read_json, folder / name)
+        document = await asyncio.to_thread(run_folder.read_document, folder, name)
         if document is not None:
             break
     else:
@@ -166,7 +137,7 @@ async def _document(
         workspace=str(workspace),
         run_id=run_id,
         kind=kind,
-        path=f"{paths.RUNS_DIR}/{run_id}/{name}",
+        path=f"{run_folder.relative_run_dir(run_id)}/{name}",
         document=document,
         run=summary,
         orphans=await daemon.services.orphans(workspace),
@@ -213,14 +184,12 @@ async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
     )
 
 
-def _unindexed_finished_runs(workspace: Path, index: Any, skip: set[str]) -> list[RunSummary]:
+def _unindexed_finished_runs(workspace: Path, index: RunIndex, skip: set[str]) -> list[RunSummary]:
     """Cancelled, failed and lost runs: folders the index does not list (orphans and live
     runs aside). One directory listing, then one small read per such folder."""
-    from runforged.recovery import run_folder_names
-
     out = []
-    for name in run_folder_names(str(paths.runs_dir(workspace))):
-        if name in skip or name in index or index.lists_run_dir(f"{paths.RUNS_DIR}/{name}"):
+    for name in run_folder.list_run_folders(str(paths.runs_dir(workspace))):
+        if name in skip or name in index or index.lists_run_dir(run_folder.relative_run_dir(name)):
             continue
         out.append(summary_from_disk(workspace, name, None))
     return out
@@ -229,7 +198,7 @@ def _unindexed_finished_runs(workspace: Path, index: Any, skip: set[str]) -> lis
 @handles(ShowRun)
 async def show(daemon: Daemon, request: ShowRun) -> DocumentResult:
     return await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
 
 
@@ -280,20 +249,22 @@ async def interpretability(daemon: Daemon, request: GetInterpretability) -> Docu
 @handles(ExportMarkdown)
 async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
     shown = await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, "result.json")
+        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
     workspace = Path(shown.workspace)
     folder = paths.run_dir(workspace, shown.run_id)
-    metrics_doc = await asyncio.to_thread(_read_json, folder / layout.METRICS_V1_FILE)
-    importance = await asyncio.to_thread(_read_json, folder / layout.FEATURE_IMPORTANCE_FILE)
-    coefficients_doc = await asyncio.to_thread(_read_json, folder / layout.LINEAR_COEFFICIENTS_FILE)
+    read = run_folder.read_document
+    metrics_doc = await asyncio.to_thread(read, folder, layout.METRICS_V1_FILE)
+    importance = await asyncio.to_thread(read, folder, layout.FEATURE_IMPORTANCE_FILE)
+    coefficients_doc = await asyncio.to_thread(read, folder, layout.LINEAR_COEFFICIENTS_FILE)
     text = render_run_markdown(shown.run, shown.document, metrics_doc, importance, coefficients_doc)
-    target = folder / RUN_SUMMARY_FILE
-    await asyncio.to_thread(write_bytes_atomic, target, text.encode("utf-8"))
+    await asyncio.to_thread(
+        run_folder.write_document, folder, layout.RUN_SUMMARY_FILE, text.encode("utf-8")
+    )
     return MarkdownResult(
         workspace=shown.workspace,
         run_id=shown.run_id,
-        path=f"{paths.RUNS_DIR}/{shown.run_id}/{RUN_SUMMARY_FILE}",
+        path=f"{run_folder.relative_run_dir(shown.run_id)}/{layout.RUN_SUMMARY_FILE}",
         markdown=text,
         orphans=shown.orphans,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 
-import msgspec
-
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
     Active,
@@ -18,13 +16,11 @@ from runforge_protocol.messages import (
     Train,
     TrainResult,
 )
-from runforge_protocol.records import ResultRecord, RunState
-from runforged import paths
+from runforge_protocol.records import RunState
+from runforged import paths, run_folder
 from runforged.errors import RunforgeError
 from runforged.server import Daemon, handles
-from runforged.supervisor import LiveRun, read_events
-
-_result_decoder = msgspec.json.Decoder(ResultRecord)
+from runforged.supervisor import LiveRun
 
 
 @handles(Train)
@@ -88,11 +84,12 @@ def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
     finished = supervisor.find_recent(run_id)
     state: str | None = finished.state.value if finished is not None else None
     if state is None and workspace is not None:
-        result_path = paths.run_dir(workspace, run_id) / "result.json"
-        try:
-            state = _result_decoder.decode(result_path.read_bytes()).state.value
-        except (OSError, msgspec.DecodeError):
-            state = "finished" if paths.run_dir(workspace, run_id).is_dir() else None
+        folder = paths.run_dir(workspace, run_id)
+        result = run_folder.load_result(folder)
+        if result is not None:
+            state = result.state.value
+        elif run_folder.exists(folder):
+            state = "finished"
     if state is not None:
         raise RunforgeError(
             ErrorCode.RUN_NOT_ACTIVE,
@@ -122,9 +119,9 @@ async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
     limit = max(1, min(request.limit, 100_000))
     supervisor = daemon.services.supervisor
     live = supervisor.flush_events(run_id)
-    path = paths.run_dir(workspace, run_id) / "events.jsonl"
-    if not path.is_file():
-        if live is None and paths.run_dir(workspace, run_id).is_dir():
+    folder = paths.run_dir(workspace, run_id)
+    if not run_folder.has_events(folder):
+        if live is None and run_folder.exists(folder):
             # A run made without this daemon (e.g. by the RunForge extension): no events.
             return ReplayResult(run_id=run_id, events=[], last_run_seq=0, terminal=True)
         if live is None:
@@ -135,7 +132,7 @@ async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
                 {"run_id": run_id, "workspace": str(workspace)},
             )
         return ReplayResult(run_id=run_id, events=[], last_run_seq=live.run_seq, terminal=False)
-    events, last = await asyncio.to_thread(read_events, path, request.since, limit)
+    events, last = await asyncio.to_thread(run_folder.read_events, folder, request.since, limit)
     if live is not None:
         return ReplayResult(
             run_id=run_id, events=events, last_run_seq=max(last, live.run_seq), terminal=False

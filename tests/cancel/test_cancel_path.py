@@ -11,13 +11,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 from runforge_protocol.records import RunState
-from runforged.cancel import (
-    CancelController,
-    Classification,
-    classify_terminal_state,
-    read_cancelled_marker,
-)
+from runforged.cancel import CancelController
+from runforged.outcome import Classification, classify_terminal_state
 from runforged.proctree import ProcessIdentity, ProcessTree, is_same_live_process
+from runforged.run_folder import read_cancelled_marker
 from tests.cancel.conftest import StartTrainer, Trainer
 from tests.harness import wait_for
 

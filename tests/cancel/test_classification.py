@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pytest
 
 from runforge_protocol.records import RunState
-from runforged.cancel import classify_terminal_state
+from runforged.outcome import classify_terminal_state
 
 # One exit status of each kind: success, failure, graceful-cancel style, killed by a signal.
 EXIT_CODES = (0, 1, 143, -9)

@@ -12,8 +12,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
-from runforged.cancel import MARKER_MAX_BYTES, read_cancelled_marker
+from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
+from runforged.run_folder import MARKER_MAX_BYTES, read_cancelled_marker
 from tests.contracts import validate
 
 SCHEMA = "cancelled.schema.v1.0.0.json"

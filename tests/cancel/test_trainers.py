@@ -12,20 +12,14 @@ from typing import Any
 import psutil
 import pytest
 
+from runforge_contract.trainer_events import SUCCESS_SEQUENCE
 from runforge_protocol.records import RunState
-from runforged.cancel import classify_terminal_state, read_cancelled_marker
+from runforged.outcome import classify_terminal_state
+from runforged.run_folder import read_cancelled_marker
 from tests.cancel.conftest import StartTrainer, Trainer
 from tests.contracts import CONTRACTS_DIR, validate, validate_file
 
-CONTRACT_EVENTS = [
-    "run_start",
-    "dataset_loaded",
-    "train_started",
-    "train_progress",
-    "train_finished",
-    "metrics_computed",
-    "artifacts_written",
-]
+CONTRACT_EVENTS = list(SUCCESS_SEQUENCE)
 QUICK_FLUSH = {"RF_TEST_FLUSH_S": "0.2"}
 
 

@@ -135,4 +135,4 @@ def test_the_trainers_path_holds_the_runner_and_none_of_the_daemons_packages(
         "sklearn": None,
     }
     [entry] = report["pythonpath"].split(":")
-    assert sorted(p.name for p in Path(entry).iterdir()) == ["runforge_runner"]
+    assert sorted(p.name for p in Path(entry).iterdir()) == ["runforge_contract", "runforge_runner"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
 from runforge_protocol.records import (
     IndexErrorInfo,
     IndexStatus,
@@ -23,7 +24,6 @@ from runforge_protocol.records import (
     ResultRecord,
     RunState,
 )
-from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
 
 FINGERPRINT = hashlib.sha256(b"sepal_length,sepal_width,label\n5.1,3.5,setosa\n").hexdigest()
 BASE_TIME = datetime(2025, 3, 1, 9, 0, 0, tzinfo=timezone.utc)

@@ -11,8 +11,8 @@ import pytest
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.records import RecoverySkipError, RunState
 from runforged.errors import RunforgeError
-from runforged.index_entry import RunFolderError, build_index_entry
-from runforged.orphans import write_index_orphan_marker
+from runforged.index_entry import build_index_entry
+from runforged.run_folder import RunFolderError, write_index_orphan_marker
 from tests.contracts import validate, validate_file
 from tests.index.runfolders import (
     FINGERPRINT,

@@ -19,7 +19,7 @@ from runforge_protocol.records import (
 from runforged.errors import RunforgeError
 from runforged.index_entry import build_index_entry
 from runforged.index_writer import IndexWriter
-from runforged.orphans import write_index_orphan_marker
+from runforged.run_folder import write_index_orphan_marker
 from tests.contracts import validate
 from tests.index.runfolders import (
     cancelled_run,

@@ -9,10 +9,10 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
+from runforge_contract.trainer_events import ALL_EVENTS as RUNNER_EVENT_TYPES
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforge_protocol import schema_gen
-from runforged.trainer_events import REQUIRED as RUNNER_EVENT_TYPES
 from tests.protocol.golden import (
     KINDS,
     all_examples,

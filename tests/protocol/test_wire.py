@@ -16,6 +16,7 @@ import msgspec
 import pytest
 import zmq
 
+from runforge_contract.trainer_events import SUCCESS_SEQUENCE
 from tests.harness import DaemonProcess, trainer_workspace
 from tests.protocol.golden import documented_result_types, examples, validator
 
@@ -25,13 +26,7 @@ FOLLOW_TIMEOUT_S = 90.0
 COMPLETED_RUN_ORDER = [
     "run_queued",
     "run_spawned",
-    "run_start",
-    "dataset_loaded",
-    "train_started",
-    "train_progress",
-    "train_finished",
-    "metrics_computed",
-    "artifacts_written",
+    *SUCCESS_SEQUENCE,
     "index_updated",
     "run_terminal",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from runforge_contract.trainer_events import SCHEMA_EVENTS
 from runforge_runner.sample_data import BUNDLED_DIR, LARGE_NAME, SMALL_NAME, demo_large_csv
 from tests.contracts import validate
 from tests.harness import SESSION_MARKER, SESSION_MARKER_ENV
@@ -24,17 +25,7 @@ HERE = Path(__file__).resolve().parent
 SMALL_DATASET = BUNDLED_DIR / SMALL_NAME
 RUNNER = [sys.executable, "-u", "-m", "runforge_runner"]
 HELD_RUNNER = [sys.executable, "-u", str(HERE / "held_runner.py")]
-CONTRACT_EVENTS = {
-    "run_start",
-    "dataset_loaded",
-    "train_started",
-    "train_progress",
-    "train_finished",
-    "metrics_computed",
-    "artifacts_written",
-    "cancelling",
-    "run_cancelled",
-}
+CONTRACT_EVENTS = set(SCHEMA_EVENTS)
 WAIT_S = 60.0
 RUNNER_ENV = {"RUNFORGE_DATASET", "RUNFORGE_CANCEL_GRACE_S", "RUNFORGE_TEST_HOLD_STEP"}
 

@@ -75,8 +75,20 @@ def top_level_imports(source: Path) -> set[str]:
 
 
 def test_the_package_source_imports_only_itself_the_stdlib_numpy_and_sklearn() -> None:
-    allowed = set(sys.stdlib_module_names) | {"numpy", "sklearn", "runforge_runner"}
+    allowed = set(sys.stdlib_module_names) | {
+        "numpy",
+        "sklearn",
+        "runforge_runner",
+        "runforge_contract",
+    }
     for source in RUNNER_PACKAGE.glob("*.py"):
+        for name in top_level_imports(source):
+            assert name.split(".")[0] in allowed, f"{source.name} imports {name}"
+
+
+def test_the_contract_package_imports_only_itself_and_the_stdlib() -> None:
+    allowed = set(sys.stdlib_module_names) | {"runforge_contract"}
+    for source in (RUNNER_PACKAGE.parent / "runforge_contract").glob("*.py"):
         for name in top_level_imports(source):
             assert name.split(".")[0] in allowed, f"{source.name} imports {name}"
 
@@ -84,18 +96,20 @@ def test_the_package_source_imports_only_itself_the_stdlib_numpy_and_sklearn() -
 def test_the_trainer_helper_needs_only_the_standard_library() -> None:
     for name in top_level_imports(RUNNER_PACKAGE / "contract.py"):
         top = name.split(".")[0]
-        assert top in sys.stdlib_module_names or name == "runforge_runner.atomicio", name
+        assert top in sys.stdlib_module_names or top == "runforge_contract", name
 
 
 def test_the_package_imports_under_a_path_holding_only_a_symlink_to_it(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     """How the daemon exposes the runner to a foreign interpreter: a directory containing
-    just a ``runforge_runner`` symlink on PYTHONPATH. With no site-packages at all (-S),
-    the stdlib-only ``inspect`` still runs from there."""
+    just a ``runforge_runner`` symlink (and one to the ``runforge_contract`` it imports) on
+    PYTHONPATH. With no site-packages at all (-S), the stdlib-only ``inspect`` still runs
+    from there."""
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "runforge_runner").symlink_to(RUNNER_PACKAGE)
+    (shim / "runforge_contract").symlink_to(RUNNER_PACKAGE.parent / "runforge_contract")
     env = workspace.environment(SMALL_DATASET, None)
     env["PYTHONPATH"] = str(shim)
     completed = subprocess.run(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from runforge_contract.trainer_events import SUCCESS_SEQUENCE
 from tests.contracts import validate_file
 from tests.runner.conftest import (
     SMALL_DATASET,
@@ -32,15 +33,7 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> RunnerResult:
     return workspace.run(args, dataset=dataset)
 
 
-SUCCESS_ORDER = [
-    "run_start",
-    "dataset_loaded",
-    "train_started",
-    "train_progress",
-    "train_finished",
-    "metrics_computed",
-    "artifacts_written",
-]
+SUCCESS_ORDER = list(SUCCESS_SEQUENCE)
 
 
 def collapse_progress(names: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ package linked into the workspace, which is the working directory)::
     python -u -m rf_test_trainer train --out <run dir> [--preset P] [--model M] [...]
 
 Other arguments (``--device``, ``--name``, ``--seed``, ``--param``...) are accepted and
-ignored. Standard library only, plus ``runforge_runner.atomicio`` (itself standard library
+ignored. Standard library only, plus ``runforge_contract.atomicio`` (itself standard library
 only) for the atomic writes. The run id is the basename of ``--out``; ``run_dir`` in events
 and files is ``--out`` relative to the working directory (the workspace). The "model" is a
 real, tiny one: a majority-class baseline over the CSV in ``RUNFORGE_DATASET`` (or over a

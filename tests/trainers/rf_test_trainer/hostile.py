@@ -8,7 +8,7 @@ import sys
 import time
 
 from rf_test_trainer.run_folder import RunFolder, utc_now, write_stderr
-from runforge_runner.atomicio import write_json_atomic
+from runforge_contract.atomicio import write_json_atomic
 
 ESCAPED_LIFETIME_S = 600.0
 

@@ -13,7 +13,7 @@ from types import FrameType
 from rf_test_trainer.hostile import codec_garbage, double_fork, flood_stdout
 from rf_test_trainer.run_folder import EXIT_CANCELLED, RunFolder, utc_now, write_stderr
 from rf_test_trainer.workers import start_descendants, worker_main
-from runforge_runner.atomicio import write_json_atomic
+from runforge_contract.atomicio import write_json_atomic
 
 MODE_ENV = "RF_TEST_MODE"
 EXIT_FAILED = 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rf_test_trainer.baseline import Dataset, fit, load_dataset, metrics_v1
-from runforge_runner.atomicio import write_bytes_atomic, write_json_atomic
+from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
 
 MARKER_NAME = ".cancelled"
 # The contract's cancelling event caps seconds_remaining at 60.
