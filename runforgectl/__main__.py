@@ -175,8 +175,9 @@ def _ensure_daemon(ctx: Context) -> None:
 
 
 def cmd_daemon_stop(ctx: Context) -> int:
+    keep_runs = bool(getattr(ctx.args, "keep_runs", False))
     try:
-        result: m.ShutdownResult = ctx.call(m.Shutdown())
+        result: m.ShutdownResult = ctx.call(m.Shutdown(keep_runs=keep_runs))
     except DaemonUnavailable:
         if ctx.json:
             output.print_json({"stopped": False, "running": False})
@@ -187,18 +188,70 @@ def cmd_daemon_stop(ctx: Context) -> int:
         print(
             f"cancelling {len(result.cancelling_runs)} run(s): {', '.join(result.cancelling_runs)}"
         )
-    # Stopped means the process is gone (its socket files go just before it exits).
-    deadline = time.monotonic() + max(ctx.args.timeout, 60)
-    while _process_alive(result.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    stopped = not _process_alive(result.pid)
+    if result.kept_runs and not ctx.json:
+        print(f"leaving {len(result.kept_runs)} run(s) to their monitors")
+    stopped = _wait_gone(result.pid, max(ctx.args.timeout, 60))
     if ctx.json:
-        output.print_json({"stopped": stopped, "cancelled_runs": result.cancelling_runs})
+        output.print_json(
+            {
+                "stopped": stopped,
+                "cancelled_runs": result.cancelling_runs,
+                "kept_runs": result.kept_runs,
+            }
+        )
     elif stopped:
         print("runforged stopped")
     else:
         print("runforged did not stop in time", file=sys.stderr)
     return EXIT_OK if stopped else EXIT_UNAVAILABLE
+
+
+def cmd_daemon_restart(ctx: Context) -> int:
+    """Restart keeping every run: the old daemon leaves them to their monitors, the new
+    one re-attaches. Under systemd, the service is restarted (the unit keeps runs too)."""
+    pid = _running_pid(ctx)
+    unit = _systemd_unit_of(pid) if pid is not None else None
+    if unit is not None:
+        import subprocess  # only here: start-up cost
+
+        restarted = subprocess.run(["systemctl", "--user", "restart", unit], check=False)
+        if restarted.returncode != 0:
+            return EXIT_UNAVAILABLE
+    else:
+        if pid is not None:
+            result: m.ShutdownResult = ctx.call(m.Shutdown(keep_runs=True))
+            if not _wait_gone(result.pid, max(ctx.args.timeout, 60)):
+                print("runforged did not stop in time", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+        _start_detached(ctx)
+    hello = ctx.call(m.Hello(client="runforgectl"))
+    if ctx.json:
+        output.print_json(hello)
+    else:
+        print(f"runforged restarted (pid {hello.pid}); runs in flight carry on")
+    return EXIT_OK
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Stopped means the process is gone (its socket files go just before it exits)."""
+    deadline = time.monotonic() + timeout_s
+    while _process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _process_alive(pid)
+
+
+def _systemd_unit_of(pid: int) -> str | None:
+    """The systemd service running ``pid`` (from its cgroup), or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name = line.rpartition("/")[2]
+        if name.endswith(".service") and not name.startswith("user@"):
+            return name
+    return None
 
 
 def _process_alive(pid: int) -> bool:
@@ -786,8 +839,16 @@ def _add_daemon_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, fn, help_text in (
         ("start", cmd_daemon_start, "start the daemon in the background"),
         ("stop", cmd_daemon_stop, "stop the daemon (cancels in-flight runs gracefully)"),
+        ("restart", cmd_daemon_restart, "restart the daemon; runs in flight carry on"),
     ):
-        dsub.add_parser(name, help=help_text, parents=[common]).set_defaults(fn=fn)
+        action = dsub.add_parser(name, help=help_text, parents=[common])
+        action.set_defaults(fn=fn)
+        if name == "stop":
+            action.add_argument(
+                "--keep-runs",
+                action="store_true",
+                help="leave runs in flight to their monitors (the next daemon takes them over)",
+            )
     install = dsub.add_parser(
         "install-service", help="write the systemd user unit", parents=[common]
     )
@@ -807,7 +868,12 @@ def main(argv: list[str] | None = None) -> int:
     autostart = getattr(args, "start", False) or os.environ.get(AUTOSTART_ENV) == "1"
     ctx = Context(args)
     try:
-        if autostart and args.fn not in (cmd_daemon_start, cmd_daemon_stop, cmd_sample_data):
+        if autostart and args.fn not in (
+            cmd_daemon_start,
+            cmd_daemon_stop,
+            cmd_daemon_restart,
+            cmd_sample_data,
+        ):
             _ensure_daemon(ctx)
         code: int = args.fn(ctx)
         return code

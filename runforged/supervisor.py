@@ -32,6 +32,7 @@ from typing import IO, Any, Protocol
 import msgspec
 import structlog
 
+from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_contract.timestamps import utc_now
 from runforge_protocol import events as ev
@@ -583,7 +584,8 @@ class RunSupervisor:
         try:
             self._take_back_events(run)
             self._write_result(run, result)
-            if result.state is RunState.COMPLETED:
+            already_indexed = run.resumed and result.index_status is IndexStatus.INDEXED
+            if result.state is RunState.COMPLETED and not already_indexed:
                 error = await self._indexes.add_completed(run.workspace, run.run_dir, result)
                 if error is None:
                     self._publish(run, ev.INDEX_UPDATED, {"run_id": run.run_id})
@@ -763,7 +765,11 @@ class RunSupervisor:
         executor = self._executor
         make_private(self.records.directory.parent)
         taken = 0
-        for record_dir, record in self.records.load_all():
+        records = self.records.load_all()
+        for workspace in {record.workspace for _, record in records}:
+            # Index writes a killed daemon interrupted (this daemon has written none yet).
+            remove_stale_temp_files(Path(workspace) / layout.OUTPUTS_DIR)
+        for record_dir, record in records:
             if record.run_id in self._active or self.find_live(record.run_id) is not None:
                 continue
             run = _run_from_record(record, record_dir)
