@@ -80,7 +80,7 @@ does not, which lowers the floor and the peers alike.""",
 **Done.** The cancel intent used to be an atomic rewrite of the run's in-flight record
 (temp file, fsync, rename, directory fsync) before the SIGTERM: half of the 2.2-2.3 ms
 p50 on this disk. It is now one line appended to `<state dir>/cancel-intents.log`, kept
-open, and one `fdatasync` (`runforged/intents.py`), still before the signal; the p50
+open, and one `fdatasync` (`runforged/durable_state.py`), still before the signal; the p50
 dropped to ~1.6 ms.
 
 **What remains.** With the state directory on tmpfs (no real sync) the same path takes
@@ -114,8 +114,8 @@ pipes to the daemon) takes 1.3 ms from SIGKILL to pidfd readable when killed dir
 **Done.** The deadline used to fire ~1 ms late (asyncio rounds selector timeouts up to
 whole milliseconds) and the process tree was refreshed before the kill: the callback is
 now scheduled 2 ms early and sleeps the remainder (`runforged/cancel.py`
-`_call_at_precisely`), and `_kill_tree` kills first, then refreshes the tree and kills
-any descendant it had not recorded (`runforged/supervisor.py`).
+`_call_at_precisely`), and `kill_tree` kills first, then refreshes the tree and kills
+any descendant it had not recorded (`runforged/executor.py`).
 
 **Plan (in `benchmarks/`).** Nothing left to gain in the daemon. Make the comparison
 like for like: have circus and supervisor supervise `rf_test_trainer` in
@@ -157,7 +157,7 @@ headroom, which the shared machine does not give while other suites run.""",
 **Done.** The 32 cancels used to make their intents durable one after the other (an
 atomic, fsync'd in-flight record each, ~1.3 ms), so the SIGTERMs, and the deadlines,
 were spread over ~45 ms and the last death came at 2.05-2.10 s. The intents now go to
-the append-only journal (`runforged/intents.py`): cancels that arrive in the same loop
+the append-only journal (`runforged/durable_state.py`): cancels that arrive in the same loop
 iteration share one write and one `fdatasync`, then each run is signalled; all 32 are
 dead ~2.04 s after the first cancel.
 
@@ -169,7 +169,7 @@ last death at 2042.5 ms. The deadlines are 7 ms apart, the kills 38 ms: the loop
 serves one deadline at a time (SIGKILL, then the tree refresh through `/proc`, the
 `cancel_escalated` event and its log line), ~1.2 ms apart, on the same two cores that
 are tearing down the trainers already killed (~1.5 ms of kernel exit work each, see
-figure 4). Plan (in `runforged/supervisor.py`): when a deadline fires, SIGKILL every
+figure 4). Plan (in `runforged/executor.py`): when a deadline fires, SIGKILL every
 run whose deadline has passed, and only then refresh the trees and publish; the deaths
 are then bounded by the kernel's exit work, ~32 × 1.5 ms over two cores (≈ 2.03 s).""",
 }

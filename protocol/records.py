@@ -132,18 +132,6 @@ class IndexOrphanMarker(msgspec.Struct, kw_only=True):
     index_path: str  # workspace-relative, forward slashes
 
 
-class CancelledMarker(msgspec.Struct, kw_only=True):
-    """``<run dir>/.cancelled`` (cancelled schema v1.0.0), as far as the daemon reads it."""
-
-    schema_version: str = "cancelled.v1.0.0"
-    run_id: str
-    run_dir: str
-    cancelled_at: str
-    step: str
-    reason: str | None = None
-    partial_artifacts: list[str] = []
-
-
 # --------------------------------------------------------------------------- recovery
 
 

@@ -144,7 +144,7 @@ def _answer(args: argparse.Namespace) -> Any:
         from runforge_runner.inspection import inspect_artifact
 
         return inspect_artifact(Path(args.artifact))
-    from runforge_runner.sample_data import write_samples
+    from runforge_contract.sample_data import write_samples
 
     files = []
     for path in write_samples(Path(args.out)):
@@ -169,7 +169,7 @@ def _run_id_from_argv(argv: Sequence[str]) -> str | None:
             value = arg.partition("=")[2]
         if value:
             name = Path(os.path.abspath(value)).name
-            return name if RUN_ID_PATTERN.match(name) else None
+            return name if RUN_ID_PATTERN.fullmatch(name) else None
     return None
 
 

@@ -674,7 +674,7 @@ def cmd_bridge(ctx: Context) -> int:
 def cmd_sample_data(ctx: Context) -> int:
     """Write the bundled sample datasets into a folder (default: the workspace)."""
     # The runner's generator is standard library only: no daemon code is imported.
-    from runforge_runner.sample_data import write_samples
+    from runforge_contract.sample_data import write_samples
 
     dest = Path(ctx.args.dest or ctx.workspace()).absolute()
     dest.mkdir(parents=True, exist_ok=True)

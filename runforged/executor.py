@@ -245,11 +245,6 @@ class LocalExecutor:
         return LocalTrainerHandle(tree, record, None)
 
 
-def executor_for(record: HandleRecord, executors: Mapping[str, Executor]) -> Executor | None:
-    """The executor that wrote ``record``, if this daemon has it."""
-    return executors.get(record.executor)
-
-
 async def drain(handle: TrainerHandle, consumer: asyncio.Future[None]) -> None:
     """After the exit: give ``consumer`` (reading ``handle.output()``) up to
     ``PIPE_DRAIN_TIMEOUT_S`` to finish, then stop reading."""

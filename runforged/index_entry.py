@@ -22,7 +22,8 @@ Where each field of an entry (index schema v1.0.0) comes from:
 =================================  ========================================================
 
 The daemon writes ``request.json`` before it spawns a run and ``result.json`` when the
-run ends (when it indexes a run, it passes the outcome it is about to write), so every
+run ends (before it indexes the run, and again after with the index status; it also
+passes that outcome along, so the entry never depends on re-reading it), so every
 run it started has all of these. A run folder written by something else (an older
 RunForge extension) has only ``run.json``, and three required fields are recorded
 nowhere on disk for it. Those entries carry, and only those:
@@ -142,8 +143,8 @@ def build_index_entry(
     """The index entry of the run in ``run_dir`` (a folder under ``<workspace>/.ml/runs``),
     from the files on disk.
 
-    ``result`` is the outcome the daemon is about to write as ``result.json``: a run is
-    indexed when it completes, before that file exists. Without it, ``result.json`` is
+    ``result`` is the outcome the daemon has just written as ``result.json`` (given so
+    that the entry does not depend on reading it back). Without it, ``result.json`` is
     read if present. Raises RunFolderError when the files cannot make an entry.
     """
     folder = Path(os.path.realpath(run_dir))

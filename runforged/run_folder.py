@@ -210,10 +210,6 @@ def unreadable_runs_folder(runs_dir: str, exc: OSError) -> RunforgeError:
     )
 
 
-def has_file(run_dir: Path, name: str) -> bool:
-    return (run_dir / name).is_file()
-
-
 def exists(run_dir: Path) -> bool:
     return run_dir.is_dir()
 

@@ -27,10 +27,6 @@ class SystemdNotifier:
             self._address = address
         self.watchdog_interval_s = _watchdog_interval(env)
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, *lines: str) -> None:
         if self._address is None:
             return

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import msgspec
 import structlog
@@ -43,24 +43,25 @@ from runforged.sdnotify import SystemdNotifier, stopped_for_restart
 
 log = structlog.get_logger("runforged.server")
 
-Handler = Callable[["Daemon", Any], Any]
-HANDLERS: dict[type, Handler] = {}
-# Requests still answered while the daemon stops (everything else: SHUTTING_DOWN).
-ALLOWED_WHILE_STOPPING: set[type] = set()
+
+@dataclass(frozen=True)
+class Answer:
+    """How the application answers one request type."""
+
+    call: Callable[[Any], Any]  # the request -> a result Struct (or an awaitable of one)
+    is_async: bool  # run as its own task
+    while_stopping: bool  # still answered while the daemon stops (else SHUTTING_DOWN)
 
 
-def handles(request_type: type, *, while_stopping: bool = False) -> Callable[[Handler], Handler]:
-    """Register the one handler of ``request_type``. A handler returns a result Struct or
-    raises ``RunforgeError``; an ``async`` handler runs as its own task so that slow work
-    never holds up other clients."""
+class Application(Protocol):
+    """What the server serves: started before the first request is read, stopped after
+    the last, and asked for the answer to each request type (``runforged.dispatch``)."""
 
-    def register(fn: Handler) -> Handler:
-        HANDLERS[request_type] = fn
-        if while_stopping:
-            ALLOWED_WHILE_STOPPING.add(request_type)
-        return fn
+    async def start(self) -> None: ...
 
-    return register
+    async def stop(self, *, keep_runs: bool = False) -> None: ...
+
+    def answer_for(self, request_type: type) -> Answer | None: ...
 
 
 _SNDMORE_NOBLOCK = zmq.SNDMORE | zmq.NOBLOCK
@@ -74,10 +75,6 @@ class EventPublisher:
         self._counters = counters
         self._seq = 0
         self._encoder = msgspec.msgpack.Encoder()
-
-    @property
-    def last_seq(self) -> int:
-        return self._seq
 
     def stamp(
         self,
@@ -122,7 +119,8 @@ class EventPublisher:
 
 
 class Daemon:
-    """One daemon process: owns the runtime directory, the sockets, and the services."""
+    """One daemon process: owns the runtime directory and the sockets, and serves an
+    ``Application`` (attached with ``attach`` once the sockets are bound)."""
 
     def __init__(self, endpoints: Endpoints, notifier: SystemdNotifier | None = None) -> None:
         self.endpoints = endpoints
@@ -142,7 +140,10 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.subscriptions = 0
         self.publisher: EventPublisher
-        self.services: Any = None  # set by runforged.app: settings, trust, runs, indexes
+        self._app: Application | None = None
+
+    def attach(self, app: Application) -> None:
+        self._app = app
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,10 +196,10 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
-        if self.services is not None:
+        if self._app is not None:
             # Reconciliation of a crashed daemon's runs finishes before any request is
             # read: no new run can start while old ones are still being classified.
-            await self.services.start()
+            await self._app.start()
         loop.add_reader(self._router.fileno(), self._drain_router)
         loop.add_reader(self._xpub.fileno(), self._drain_xpub)
         self.publisher.daemon_event(ev.DAEMON_STARTED, {"pid": self.pid})
@@ -218,8 +219,8 @@ class Daemon:
         log.info("daemon_stopping", keep_runs=self.keep_runs)
         self.notifier.stopping()
         self.publisher.daemon_event(ev.DAEMON_STOPPING, {"pid": self.pid})
-        if self.services is not None:
-            await self.services.stop(keep_runs=self.keep_runs)
+        if self._app is not None:
+            await self._app.stop(keep_runs=self.keep_runs)
         # Let in-flight request handlers finish and their replies leave.
         pending = [t for t in self._tasks if t is not watchdog]
         if pending:
@@ -366,14 +367,14 @@ class Daemon:
             )
             return
         kind = type(request)
-        handler = HANDLERS.get(kind)
-        if handler is None:
+        answer = self._app.answer_for(kind) if self._app is not None else None
+        if answer is None:
             self._send(
                 envelope,
                 error(request.id, ErrorCode.UNKNOWN_REQUEST, f"no handler for {kind.__name__}"),
             )
             return
-        if self.stopping and kind not in ALLOWED_WHILE_STOPPING:
+        if self.stopping and not answer.while_stopping:
             self._send(
                 envelope,
                 error(
@@ -384,11 +385,11 @@ class Daemon:
                 ),
             )
             return
-        if inspect.iscoroutinefunction(handler):
-            self._spawn(self._answer_async(envelope, request.id, handler, request))
+        if answer.is_async:
+            self._spawn(self._answer_async(envelope, request.id, answer, request))
             return
         try:
-            result = handler(self, request)
+            result = answer.call(request)
         except RunforgeError as exc:
             self._send(envelope, _error_reply(request.id, exc))
             return
@@ -399,10 +400,10 @@ class Daemon:
         self._send(envelope, ok(request.id, result))
 
     async def _answer_async(
-        self, envelope: list[bytes], request_id: str, handler: Handler, request: Any
+        self, envelope: list[bytes], request_id: str, answer: Answer, request: Any
     ) -> None:
         try:
-            result = await handler(self, request)
+            result = await answer.call(request)
         except RunforgeError as exc:
             self._send(envelope, _error_reply(request_id, exc))
         except Exception:

@@ -1,5 +1,2 @@
-"""Request handlers, one function per request; importing this package registers them all."""
-
-from runforged.handlers import daemon, observe, runs, trust
-
-__all__ = ["daemon", "observe", "runs", "trust"]
+"""Request handlers, one function per request, by area; ``runforged.dispatch`` routes each
+request type to its handler."""

@@ -16,58 +16,54 @@ from runforge_protocol.messages import (
     StatusResult,
 )
 from runforged import __version__
-from runforged.server import Daemon, handles
+from runforged.context import DaemonContext
 
 
-def _hello(daemon: Daemon) -> HelloResult:
+def _hello(ctx: DaemonContext) -> HelloResult:
     return HelloResult(
         protocol=PROTOCOL_VERSION,
         daemon_version=__version__,
-        pid=daemon.pid,
-        uptime_s=daemon.uptime(),
+        pid=ctx.server.pid,
+        uptime_s=ctx.server.uptime(),
     )
 
 
-@handles(Hello, while_stopping=True)
-def hello(daemon: Daemon, request: Hello) -> HelloResult:
-    return _hello(daemon)
+def hello(ctx: DaemonContext, request: Hello) -> HelloResult:
+    return _hello(ctx)
 
 
-@handles(Ping, while_stopping=True)
-def ping(daemon: Daemon, request: Ping) -> HelloResult:
-    return _hello(daemon)
+def ping(ctx: DaemonContext, request: Ping) -> HelloResult:
+    return _hello(ctx)
 
 
-@handles(Status, while_stopping=True)
-async def status(daemon: Daemon, request: Status) -> StatusResult:
-    services = daemon.services
+async def status(ctx: DaemonContext, request: Status) -> StatusResult:
+    server = ctx.server
     workspace = None
-    if request.workspace is not None and services is not None:
-        workspace = await services.workspace_status(request.workspace)
+    if request.workspace is not None:
+        workspace = await ctx.workspace_status(request.workspace)
     return StatusResult(
         protocol=PROTOCOL_VERSION,
         daemon_version=__version__,
-        pid=daemon.pid,
-        uptime_s=daemon.uptime(),
-        runtime_dir=str(daemon.endpoints.runtime_dir),
-        control_endpoint=daemon.endpoints.control,
-        events_endpoint=daemon.endpoints.events,
-        stopping=daemon.stopping,
-        counters=daemon.counters,
-        active_runs=services.active_count() if services is not None else 0,
-        queued_runs=services.queued_count() if services is not None else 0,
-        subscriptions=daemon.subscriptions,
+        pid=server.pid,
+        uptime_s=server.uptime(),
+        runtime_dir=str(server.endpoints.runtime_dir),
+        control_endpoint=server.endpoints.control,
+        events_endpoint=server.endpoints.events,
+        stopping=server.stopping,
+        counters=server.counters,
+        active_runs=ctx.supervisor.active_count(),
+        queued_runs=ctx.supervisor.queued_count(),
+        subscriptions=server.subscriptions,
         workspace=workspace,
     )
 
 
-@handles(Shutdown, while_stopping=True)
-def shutdown(daemon: Daemon, request: Shutdown) -> ShutdownResult:
-    in_flight = daemon.services.in_flight_ids() if daemon.services is not None else []
+def shutdown(ctx: DaemonContext, request: Shutdown) -> ShutdownResult:
+    in_flight = sorted(ctx.supervisor.in_flight_ids())
     # Answer first; the stop begins on the next loop iteration.
     asyncio.get_running_loop().call_soon(
-        functools.partial(daemon.request_stop, keep_runs=request.keep_runs)
+        functools.partial(ctx.server.request_stop, keep_runs=request.keep_runs)
     )
-    if request.keep_runs or daemon.keep_runs:
-        return ShutdownResult(kept_runs=in_flight, pid=daemon.pid)
-    return ShutdownResult(cancelling_runs=in_flight, pid=daemon.pid)
+    if request.keep_runs or ctx.server.keep_runs:
+        return ShutdownResult(kept_runs=in_flight, pid=ctx.server.pid)
+    return ShutdownResult(cancelling_runs=in_flight, pid=ctx.server.pid)

@@ -34,12 +34,12 @@ from runforge_protocol.messages import (
 )
 from runforge_protocol.records import IndexEntry, IndexStatus
 from runforged import outcome, paths, run_folder
+from runforged.context import DaemonContext
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.inspection import inspect_artifact as spawn_inspect_artifact
 from runforged.inspection import inspect_dataset as spawn_inspect_dataset
 from runforged.markdown import render_run_markdown
-from runforged.server import Daemon, handles
 
 # --------------------------------------------------------------------------- helpers
 
@@ -85,9 +85,9 @@ def summary_from_disk(workspace: Path, run_id: str, entry: IndexEntry | None) ->
     return summary
 
 
-async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> tuple[str, Any]:
+async def _resolve_run(ctx: DaemonContext, workspace: Path, run_id: str | None) -> tuple[str, Any]:
     """(run id, index entry or None): ``run_id`` None means the newest index entry."""
-    writer = await daemon.services.indexes.get(workspace)
+    writer = await ctx.indexes.get(workspace)
     await writer.refresh()
     if run_id is None:
         latest = writer.index.latest()
@@ -111,10 +111,14 @@ async def _resolve_run(daemon: Daemon, workspace: Path, run_id: str | None) -> t
 
 
 async def _document(
-    daemon: Daemon, workspace_arg: str, run_id_arg: str | None, kind: str, files: tuple[str, ...]
+    ctx: DaemonContext,
+    workspace_arg: str,
+    run_id_arg: str | None,
+    kind: str,
+    files: tuple[str, ...],
 ) -> DocumentResult:
     workspace = paths.validate_workspace(workspace_arg)
-    run_id, entry = await _resolve_run(daemon, workspace, run_id_arg)
+    run_id, entry = await _resolve_run(ctx, workspace, run_id_arg)
     folder = paths.run_dir(workspace, run_id)
     for name in files:
         document = await asyncio.to_thread(run_folder.read_document, folder, name)
@@ -127,9 +131,9 @@ async def _document(
             _artifact_hint(kind),
             {"run_id": run_id, "files": list(files)},
         )
-    live = daemon.services.supervisor.find_live(run_id)
+    live = ctx.supervisor.find_live(run_id)
     summary = (
-        daemon.services.supervisor.summary(live)
+        ctx.supervisor.summary(live)
         if live is not None
         else await asyncio.to_thread(summary_from_disk, workspace, run_id, entry)
     )
@@ -140,7 +144,7 @@ async def _document(
         path=f"{run_folder.relative_run_dir(run_id)}/{name}",
         document=document,
         run=summary,
-        orphans=await daemon.services.orphans(workspace),
+        orphans=await ctx.orphans(workspace),
     )
 
 
@@ -157,17 +161,15 @@ def _artifact_hint(kind: str) -> str:
 # --------------------------------------------------------------------------- handlers
 
 
-@handles(ListRuns)
-async def list_runs(daemon: Daemon, request: ListRuns) -> RunsResult:
+async def list_runs(ctx: DaemonContext, request: ListRuns) -> RunsResult:
     workspace = paths.validate_workspace(request.workspace)
-    services = daemon.services
-    writer = await services.indexes.get(workspace)
+    writer = await ctx.indexes.get(workspace)
     await writer.refresh()
-    orphans = await services.orphans(workspace)
-    live = services.supervisor.live_runs(workspace)
+    orphans = await ctx.orphans(workspace)
+    live = ctx.supervisor.live_runs(workspace)
     live_ids = {r.run_id for r in live}
     orphan_ids = {o.run_id for o in orphans}
-    rows = [services.supervisor.summary(r) for r in live]
+    rows = [ctx.supervisor.summary(r) for r in live]
     index = writer.index
     unindexed = await asyncio.to_thread(
         _unindexed_finished_runs, workspace, index, live_ids | orphan_ids
@@ -195,17 +197,15 @@ def _unindexed_finished_runs(workspace: Path, index: RunIndex, skip: set[str]) -
     return out
 
 
-@handles(ShowRun)
-async def show(daemon: Daemon, request: ShowRun) -> DocumentResult:
+async def show(ctx: DaemonContext, request: ShowRun) -> DocumentResult:
     return await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
+        ctx, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
 
 
-@handles(GetMetrics)
-async def metrics(daemon: Daemon, request: GetMetrics) -> DocumentResult:
+async def metrics(ctx: DaemonContext, request: GetMetrics) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "metrics",
@@ -213,10 +213,9 @@ async def metrics(daemon: Daemon, request: GetMetrics) -> DocumentResult:
     )
 
 
-@handles(GetFeatureImportance)
-async def feature_importance(daemon: Daemon, request: GetFeatureImportance) -> DocumentResult:
+async def feature_importance(ctx: DaemonContext, request: GetFeatureImportance) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "feature_importance",
@@ -224,10 +223,9 @@ async def feature_importance(daemon: Daemon, request: GetFeatureImportance) -> D
     )
 
 
-@handles(GetCoefficients)
-async def coefficients(daemon: Daemon, request: GetCoefficients) -> DocumentResult:
+async def coefficients(ctx: DaemonContext, request: GetCoefficients) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "coefficients",
@@ -235,10 +233,9 @@ async def coefficients(daemon: Daemon, request: GetCoefficients) -> DocumentResu
     )
 
 
-@handles(GetInterpretability)
-async def interpretability(daemon: Daemon, request: GetInterpretability) -> DocumentResult:
+async def interpretability(ctx: DaemonContext, request: GetInterpretability) -> DocumentResult:
     return await _document(
-        daemon,
+        ctx,
         request.workspace,
         request.run_id,
         "interpretability",
@@ -246,10 +243,9 @@ async def interpretability(daemon: Daemon, request: GetInterpretability) -> Docu
     )
 
 
-@handles(ExportMarkdown)
-async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
+async def export_md(ctx: DaemonContext, request: ExportMarkdown) -> MarkdownResult:
     shown = await _document(
-        daemon, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
+        ctx, request.workspace, request.run_id, "run", (layout.RUN_FILE, layout.RESULT_FILE)
     )
     workspace = Path(shown.workspace)
     folder = paths.run_dir(workspace, shown.run_id)
@@ -271,32 +267,30 @@ async def export_md(daemon: Daemon, request: ExportMarkdown) -> MarkdownResult:
 
 
 async def _inspect(
-    daemon: Daemon, workspace_arg: str, path: str, spawn: Any, **arguments: Any
+    ctx: DaemonContext, workspace_arg: str, path: str, spawn: Any, **arguments: Any
 ) -> InspectResult:
     """Run one of the runner's inspect commands (a trust-gated Python spawn)."""
-    services = daemon.services
     workspace = paths.validate_workspace(workspace_arg)
-    settings = services.settings_for(workspace)
-    trusted = services.trust.require(str(workspace))
+    settings = ctx.settings_for(workspace)
+    trusted = ctx.trust.require(str(workspace))
     inspection = await spawn(
         trusted,
         python_path=settings.python_path,
         runner_module=settings.ml_runner_module,
-        env=services.child_env(),
+        env=ctx.child_env(),
         **arguments,
     )
     return InspectResult(
         workspace=str(workspace),
         path=path,
         document=msgspec.to_builtins(inspection),
-        orphans=await services.orphans(workspace),
+        orphans=await ctx.orphans(workspace),
     )
 
 
-@handles(InspectDataset)
-async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectResult:
+async def inspect_dataset(ctx: DaemonContext, request: InspectDataset) -> InspectResult:
     return await _inspect(
-        daemon,
+        ctx,
         request.workspace,
         request.path,
         spawn_inspect_dataset,
@@ -305,19 +299,16 @@ async def inspect_dataset(daemon: Daemon, request: InspectDataset) -> InspectRes
     )
 
 
-@handles(InspectArtifact)
-async def inspect_artifact(daemon: Daemon, request: InspectArtifact) -> InspectResult:
+async def inspect_artifact(ctx: DaemonContext, request: InspectArtifact) -> InspectResult:
     return await _inspect(
-        daemon, request.workspace, request.path, spawn_inspect_artifact, artifact=request.path
+        ctx, request.workspace, request.path, spawn_inspect_artifact, artifact=request.path
     )
 
 
-@handles(Recover)
-async def recover(daemon: Daemon, request: Recover) -> RecoverResult:
+async def recover(ctx: DaemonContext, request: Recover) -> RecoverResult:
     workspace = paths.validate_workspace(request.workspace)
-    services = daemon.services
-    writer = await services.indexes.get(workspace)
-    report = await writer.recover(services.supervisor.in_flight_ids(workspace))
+    writer = await ctx.indexes.get(workspace)
+    report = await writer.recover(ctx.supervisor.in_flight_ids(workspace))
     return RecoverResult(
-        workspace=str(workspace), report=report, orphans=await services.orphans(workspace)
+        workspace=str(workspace), report=report, orphans=await ctx.orphans(workspace)
     )

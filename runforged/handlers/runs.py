@@ -18,19 +18,17 @@ from runforge_protocol.messages import (
 )
 from runforge_protocol.records import RunState
 from runforged import paths, run_folder
+from runforged.context import DaemonContext
 from runforged.errors import RunforgeError
-from runforged.server import Daemon, handles
 from runforged.supervisor import LiveRun
 
 
-@handles(Train)
-async def train(daemon: Daemon, request: Train) -> TrainResult:
-    run = await daemon.services.start_run(request)
-    return TrainResult(run=daemon.services.supervisor.summary(run))
+async def train(ctx: DaemonContext, request: Train) -> TrainResult:
+    run = await ctx.start_run(request)
+    return TrainResult(run=ctx.supervisor.summary(run))
 
 
-@handles(Cancel, while_stopping=True)
-async def cancel(daemon: Daemon, request: Cancel) -> CancelResult:
+async def cancel(ctx: DaemonContext, request: Cancel) -> CancelResult:
     if request.grace_s is not None and not (
         math.isfinite(request.grace_s) and request.grace_s >= 0
     ):
@@ -39,16 +37,16 @@ async def cancel(daemon: Daemon, request: Cancel) -> CancelResult:
             f"grace must be a number of seconds >= 0, got {request.grace_s!r}",
             "pass --grace 0 to kill at once, or a positive number of seconds",
         )
-    supervisor = daemon.services.supervisor
-    run = _run_to_cancel(daemon, request)
+    supervisor = ctx.supervisor
+    run = _run_to_cancel(ctx, request)
     already, deadline = await supervisor.cancel(run, request.grace_s)
     return CancelResult(
         run=supervisor.summary(run), already_cancelling=already, deadline_in_s=deadline
     )
 
 
-def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
-    supervisor = daemon.services.supervisor
+def _run_to_cancel(ctx: DaemonContext, request: Cancel) -> LiveRun:
+    supervisor = ctx.supervisor
     workspace = paths.validate_workspace(request.workspace) if request.workspace else None
     if request.run_id is None:
         if workspace is None:
@@ -105,19 +103,17 @@ def _run_to_cancel(daemon: Daemon, request: Cancel) -> LiveRun:
     )
 
 
-@handles(Active, while_stopping=True)
-def active(daemon: Daemon, request: Active) -> ActiveResult:
-    supervisor = daemon.services.supervisor
+def active(ctx: DaemonContext, request: Active) -> ActiveResult:
+    supervisor = ctx.supervisor
     workspace = paths.validate_workspace(request.workspace) if request.workspace else None
     return ActiveResult(runs=[supervisor.summary(r) for r in supervisor.live_runs(workspace)])
 
 
-@handles(Replay, while_stopping=True)
-async def replay(daemon: Daemon, request: Replay) -> ReplayResult:
+async def replay(ctx: DaemonContext, request: Replay) -> ReplayResult:
     workspace = paths.validate_workspace(request.workspace)
     run_id = paths.validate_run_id(request.run_id)
     limit = max(1, min(request.limit, 100_000))
-    supervisor = daemon.services.supervisor
+    supervisor = ctx.supervisor
     live = supervisor.flush_events(run_id)
     folder = paths.run_dir(workspace, run_id)
     if not run_folder.has_events(folder):

@@ -15,37 +15,33 @@ from runforge_protocol.messages import (
     UntrustPath,
 )
 from runforged import paths
-from runforged.server import Daemon, handles
+from runforged.context import DaemonContext
 
 
-def _trusted_paths(daemon: Daemon) -> list[str]:
-    return [entry.path for entry in daemon.services.trust.list()]
+def _trusted_paths(ctx: DaemonContext) -> list[str]:
+    return [entry.path for entry in ctx.trust.list()]
 
 
-@handles(TrustPath)
-def trust(daemon: Daemon, request: TrustPath) -> TrustResult:
-    store = daemon.services.trust
+def trust(ctx: DaemonContext, request: TrustPath) -> TrustResult:
+    store = ctx.trust
     folder = paths.validate_workspace(request.path)
     was_trusted = store.is_trusted(folder)
     entry = store.trust(str(folder))
-    return TrustResult(path=entry.path, changed=not was_trusted, trusted=_trusted_paths(daemon))
+    return TrustResult(path=entry.path, changed=not was_trusted, trusted=_trusted_paths(ctx))
 
 
-@handles(UntrustPath)
-def untrust(daemon: Daemon, request: UntrustPath) -> TrustResult:
-    changed = daemon.services.trust.untrust(request.path)
+def untrust(ctx: DaemonContext, request: UntrustPath) -> TrustResult:
+    changed = ctx.trust.untrust(request.path)
     # The folder may be gone; report the path as the store compares it (symlinks resolved).
     resolved = os.path.realpath(request.path)
-    return TrustResult(path=resolved, changed=changed, trusted=_trusted_paths(daemon))
+    return TrustResult(path=resolved, changed=changed, trusted=_trusted_paths(ctx))
 
 
-@handles(ListTrusted)
-def list_trusted(daemon: Daemon, request: ListTrusted) -> TrustResult:
-    return TrustResult(path="", changed=False, trusted=_trusted_paths(daemon))
+def list_trusted(ctx: DaemonContext, request: ListTrusted) -> TrustResult:
+    return TrustResult(path="", changed=False, trusted=_trusted_paths(ctx))
 
 
-@handles(GetSettings)
-def settings(daemon: Daemon, request: GetSettings) -> SettingsResult:
+def settings(ctx: DaemonContext, request: GetSettings) -> SettingsResult:
     workspace = paths.validate_workspace(request.workspace)
-    resolved = daemon.services.settings_for(workspace)
+    resolved = ctx.settings_for(workspace)
     return SettingsResult(workspace=str(workspace), settings=msgspec.to_builtins(resolved))

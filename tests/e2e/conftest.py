@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from runforge_runner.sample_data import BUNDLED_DIR, SMALL_NAME
+from runforge_contract.sample_data import BUNDLED_DIR, SMALL_NAME
 from tests.harness import (  # noqa: F401 - re-exported to the e2e test modules
     DaemonProcess,
     events_on_disk,

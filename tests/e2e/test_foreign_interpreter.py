@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runforge_runner.sample_data import BUNDLED_DIR, SMALL_NAME
+from runforge_contract.sample_data import BUNDLED_DIR, SMALL_NAME
 from tests.e2e.conftest import (
     EXIT_RUN_FAILED,
     read_json,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from runforge_contract.sample_data import BUNDLED_DIR, LARGE_NAME, SMALL_NAME, demo_large_csv
 from runforge_contract.trainer_events import SCHEMA_EVENTS
-from runforge_runner.sample_data import BUNDLED_DIR, LARGE_NAME, SMALL_NAME, demo_large_csv
 from tests.contracts import validate
 from tests.harness import SESSION_MARKER, SESSION_MARKER_ENV
 

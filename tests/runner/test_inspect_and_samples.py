@@ -7,8 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from runforge_contract.sample_data import LARGE_NAME, SMALL_NAME, iris_like_csv
 from runforge_runner.contract import EXIT_BAD_DATA, EXIT_USAGE
-from runforge_runner.sample_data import LARGE_NAME, SMALL_NAME, iris_like_csv
 from tests.contracts import validate
 from tests.runner.conftest import SMALL_DATASET, Workspace
 

@@ -1,5 +1,5 @@
-"""The daemon's services behind the requests: settings, trust, probes, runs and indexes,
-wired together once per daemon."""
+"""The daemon context: everything a request handler may use, typed, wired together once
+per daemon (settings, trust, probes, runs, indexes, executors, the server itself)."""
 
 from __future__ import annotations
 
@@ -30,26 +30,26 @@ from runforged.supervisor import LiveRun, RunSupervisor
 from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
 
-log = structlog.get_logger("runforged.services")
+log = structlog.get_logger("runforged.context")
 
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
-class Services:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+class DaemonContext:
+    def __init__(self, server: Daemon) -> None:
+        self.server = server
         self.config_dir = config_dir()
         self.trust = TrustStore(trust_store_path(self.config_dir))
         self.probes = InterpreterProbes()
-        self.trainer_path = TrainerPath(daemon.endpoints.runtime_dir / "pythonpath")
+        self.trainer_path = TrainerPath(server.endpoints.runtime_dir / "pythonpath")
         self.indexes = IndexWriters()
         self.state_dir = state_dir()
         # Trainers as the daemon's own children: only to reconcile the runs a daemon from
         # before per-run monitors left in flight. Every new run gets a monitor.
         self.executors: dict[str, Executor] = {LocalExecutor.name: LocalExecutor()}
         self.supervisor = RunSupervisor(
-            publisher=daemon.publisher,
-            counters=daemon.counters,
+            publisher=server.publisher,
+            counters=server.counters,
             indexes=self.indexes,
             state_dir=self.state_dir,
             executor=MonitorExecutor(),
@@ -65,7 +65,7 @@ class Services:
             journal=self.supervisor.cancel_journal,
             executors=self.executors,
             indexes=self.indexes,
-            publisher=self.daemon.publisher,
+            publisher=self.server.publisher,
         )
         if outcomes:
             log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
@@ -80,15 +80,6 @@ class Services:
 
     def child_env(self) -> dict[str, str]:
         return child_environment(os.environ, self.trainer_path.directory)
-
-    def active_count(self) -> int:
-        return self.supervisor.active_count()
-
-    def queued_count(self) -> int:
-        return self.supervisor.queued_count()
-
-    def in_flight_ids(self) -> list[str]:
-        return sorted(self.supervisor.in_flight_ids())
 
     # ------------------------------------------------------------------ workspaces
 

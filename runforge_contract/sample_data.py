@@ -1,7 +1,7 @@
 """The bundled sample datasets, generated deterministically with the standard library.
 
 ``iris_like.csv``: 150 rows, 4 features, 3 classes; small enough for tests and quick
-tries (also shipped in ``runforge_runner/data/``). ``demo_large.csv``: 40,000 rows, 20
+tries (also shipped in ``runforge_contract/data/``). ``demo_large.csv``: 40,000 rows, 20
 features, 4 overlapping classes; a default run on it lasts tens of seconds with a steady
 stream of progress, for demos and cancel drills. Both come from ``random.Random.random``,
 whose sequence Python guarantees across versions, so the bytes (and the fingerprints)
