@@ -58,6 +58,14 @@ if __name__ == "__main__":
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS
+from runforge_protocol.events import (
+    CANCEL_COUNTDOWN,
+    CANCEL_ESCALATED,
+    CANCEL_REQUESTED,
+    INVALID_EVENT_LINE,
+    LOGS_TRUNCATED,
+    RUN_SPAWNED,
+)
 
 ACCEPTED = "accepted.json"
 LOCK = "lock"
@@ -80,15 +88,6 @@ KILL_SETTLE_S = 10.0  # how long to keep killing and reaping what is left of the
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-
-# Event types the monitor itself publishes (beside the trainer's).
-RUN_SPAWNED = "run_spawned"
-CANCEL_REQUESTED = "cancel_requested"
-CANCEL_COUNTDOWN = "cancel_countdown"
-CANCEL_ESCALATED = "cancel_escalated"
-INVALID_EVENT_LINE = "invalid_event_line"
-LOGS_TRUNCATED = "logs_truncated"
-
 
 # ---------------------------------------------------------------------- records
 
@@ -755,7 +754,8 @@ class Monitor:
         except (OSError, ValueError) as exc:
             self._write_failed(EVENTS_FILE, exc)
         for client in self.clients:
-            if client.attached and not client.behind:
+            # sent_seq starts at the client's ``since``: nothing at or below it is sent.
+            if client.attached and not client.behind and self.run_seq > client.sent_seq:
                 if len(client.outbox) > CLIENT_BACKLOG_BYTES:
                     client.behind = True
                     continue

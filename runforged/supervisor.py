@@ -258,9 +258,11 @@ class RunSupervisor:
         if isinstance(self._executor, MonitorExecutor):
             await self._run_monitored(run, self._executor)
             return
-        await self._run_local(run, self._executor)
+        await self._run_through_handle(run, self._executor)
 
-    async def _run_local(self, run: LiveRun, executor: Executor) -> None:
+    async def _run_through_handle(self, run: LiveRun, executor: Executor) -> None:
+        """A run of an executor behind the ``TrainerHandle`` seam (not a monitor): raw
+        output relayed and persisted here, cancels through ``CancelController``."""
         exit_code: int | None = None
         try:
             try:
@@ -335,31 +337,45 @@ class RunSupervisor:
 
     async def _follow(self, run: LiveRun, executor: MonitorExecutor) -> dict[str, Any] | None:
         """Attach to the run's monitor from the run's last relayed event on and relay
-        until it ends. The exit record, or None when the monitor died without one."""
+        until the trainer is reaped, attaching again if the connection drops while the
+        monitor lives. The exit record, or None when the monitor died without one (or
+        the daemon is detaching)."""
         assert run.record_dir is not None
-        connection = executor.connection(run.record_dir, lambda e: self._relay(run, e))
-        try:
-            hello = await connection.attach(run.run_seq)
-        except MonitorError as exc:
-            log.warning("monitor_unreachable", run_id=run.run_id, error=str(exc))
-            return self._exit_on_disk(run)
-        run.connection = connection
+        while not self._detaching:
+            connection = executor.connection(run.record_dir, lambda e: self._relay(run, e))
+            try:
+                hello = await connection.attach(run.run_seq)
+            except MonitorError as exc:
+                if monitor.monitor_is_running(str(run.record_dir)):
+                    log.warning("monitor_attach_retry", run_id=run.run_id, error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                return self._exit_on_disk(run)
+            run.connection = connection
+            self._note_hello(run, hello)
+            if run.cancel_requested and not hello.get("cancel_requested"):
+                # Cancelled while the monitor was starting: hand the cancel over now.
+                with contextlib.suppress(MonitorError):
+                    await connection.cancel(run.cancel_grace_s)
+            if self._detaching:
+                await connection.close()
+            await connection.closed()
+            run.connection = None
+            exit_record = connection.exit or self._exit_on_disk(run)
+            if exit_record is not None:
+                return exit_record
+            if not monitor.monitor_is_running(str(run.record_dir)):
+                return None
+        return None
+
+    def _note_hello(self, run: LiveRun, hello: dict[str, Any]) -> None:
         run.trainer_pid = hello.get("trainer_pid") or None
-        run.evidence.killed = bool(hello.get("killed"))
+        run.evidence.killed |= bool(hello.get("killed"))
         if hello.get("cancel_requested"):
             run.cancel_requested = True
             run.state = RunState.CANCELLING
         elif run.state is RunState.QUEUED:
             run.state = RunState.RUNNING
-        if run.cancel_requested and not hello.get("cancel_requested"):
-            # Cancelled while the monitor was starting: hand the cancel over now.
-            with contextlib.suppress(MonitorError):
-                await connection.cancel(run.cancel_grace_s)
-        await connection.closed()
-        run.connection = None
-        if self._detaching:
-            return None
-        return connection.exit or self._exit_on_disk(run)
 
     def _exit_on_disk(self, run: LiveRun) -> dict[str, Any] | None:
         if run.record_dir is None:
