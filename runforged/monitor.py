@@ -45,6 +45,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import selectors
 import signal
 import socket
@@ -252,64 +253,57 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _checked_int(text: str) -> int:
-    value = int(text)
-    if not INT_MIN <= value <= INT_MAX:
-        raise ValueError(f"integer {text[:40]} is out of the 64-bit range")
-    return value
+# Called by the C scanner only for NaN/Infinity: integers and floats keep its fast path.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# An escaped UTF-16 surrogate: a pair is fine, a lone one is not valid for msgspec.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_INF = math.inf
 
 
-def _checked_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of the double range")
-    return value
-
-
-def _depth(value: Any, limit: int) -> int:
-    if isinstance(value, dict):
-        values: Any = value.values()
-    elif isinstance(value, list):
-        values = value
-    else:
-        return 0
-    if limit <= 0:
-        raise InvalidEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels")
-    return 1 + max((_depth(v, limit - 1) for v in values), default=0)
+def _check_values(container: Any, depth: int) -> None:
+    """Integers in the 64-bit range, finite floats, depth at most MAX_EVENT_DEPTH."""
+    for value in container.values() if type(container) is dict else container:
+        kind = type(value)
+        if kind is int:
+            if not INT_MIN <= value <= INT_MAX:
+                raise InvalidEvent(f"integer {str(value)[:40]} is out of the 64-bit range")
+        elif kind is float:
+            if value != value or value == _INF or value == -_INF:
+                raise InvalidEvent("a number is out of the double range (or NaN)")
+        elif kind is dict or kind is list:
+            if depth >= MAX_EVENT_DEPTH:
+                raise InvalidEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+            _check_values(value, depth + 1)
 
 
 def parse_event(line: bytes) -> tuple[str, bytes] | None:
-    """``(event type, canonical JSON of the event object)`` for an event line, None for a
-    plain log line; raises InvalidEvent. Only what the daemon's codecs accept passes:
-    64-bit integers, finite numbers, valid UTF-8 without lone surrogates, bounded depth."""
+    """``(event type, the event object as JSON)`` for an event line, None for a plain log
+    line; raises InvalidEvent. Only what the daemon's codecs accept passes: 64-bit
+    integers, finite numbers, valid UTF-8 without lone surrogates, depth at most 32. The
+    line itself is returned when it holds no surrogate escape (the hot path), else its
+    canonical re-encoding."""
     stripped = line.strip()
     if not stripped.startswith((b"{", b"[")):
         return None
     if len(stripped) > MAX_EVENT_LINE:
         raise InvalidEvent(f"event line of {len(stripped)} bytes exceeds {MAX_EVENT_LINE}")
     try:
-        text = stripped.decode("utf-8")
-        obj = json.loads(
-            text,
-            parse_int=_checked_int,
-            parse_float=_checked_float,
-            parse_constant=_reject_constant,
-        )
+        obj = _decoder.decode(stripped.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidEvent("not valid UTF-8") from None
     except RecursionError:
         raise InvalidEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidEvent(f"not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise InvalidEvent(f"JSON {type(obj).__name__}, not an event object")
     kind = obj.get("event")
-    if not isinstance(kind, str):
+    if type(kind) is not str:
         raise InvalidEvent("JSON object without a string 'event' field")
     required = RELAYED_FIELDS.get(kind)
     if required is None:
         raise InvalidEvent(f"unknown event type {kind[:100]!r}")
-    if not isinstance(obj.get("timestamp"), str):
+    if type(obj.get("timestamp")) is not str:
         raise InvalidEvent(f"{kind}: missing or non-string 'timestamp'")
     for name, kinds in required.items():
         value = obj.get(name)
@@ -319,8 +313,9 @@ def parse_event(line: bytes) -> tuple[str, bytes] | None:
             or (kinds is INT_TYPE and isinstance(value, bool))
         ):
             raise InvalidEvent(f"{kind}: missing or mistyped field {name!r}")
-    if stripped.count(b"[") + stripped.count(b"{") > MAX_EVENT_DEPTH:
-        _depth(obj, MAX_EVENT_DEPTH)
+    _check_values(obj, 1)
+    if _SURROGATE_ESCAPE.search(stripped) is None:
+        return kind, stripped
     try:
         canonical = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
@@ -390,6 +385,7 @@ class Monitor:
         self.listener: socket.socket | None = None
         self.lock_fd = -1
         self.wake_r = -1
+        self._batch_ts = b""
 
     # ------------------------------------------------------------------ set-up
 
@@ -648,12 +644,15 @@ class Monitor:
         data = pipe.pending + chunk
         lines = data.split(b"\n")
         pipe.pending = lines.pop()
+        # One stamp for the lines of one read: they arrived together.
+        self._batch_ts = repr(time.time()).encode()
         for line in lines:
             if pipe.cut:
                 pipe.cut = False
                 self.log_cut_line_rest(len(line) + 1)
                 continue
             self._line(pipe, line)
+        self._batch_ts = b""
         if len(pipe.pending) > MAX_LINE:
             if not pipe.cut:
                 self._line(pipe, pipe.pending[:MAX_LINE], cut=True)
@@ -742,9 +741,9 @@ class Monitor:
     def _publish(self, kind: str, data: bytes) -> None:
         """Number an event, append it to events.jsonl and queue it for attached clients."""
         self.run_seq += 1
+        ts = self._batch_ts or repr(time.time()).encode()
         line = (
-            b'{"seq":0,"run_seq":%d,"ts":%s,"type":"%s"'
-            % (self.run_seq, repr(time.time()).encode(), kind.encode())
+            b'{"seq":0,"run_seq":%d,"ts":%s,"type":"%s"' % (self.run_seq, ts, kind.encode())
             + self._prefix
             + data
             + b"}\n"

@@ -276,7 +276,7 @@ def test_a_cancel_keeps_its_deadline_with_nobody_attached(run: MonitoredRun) -> 
 
 
 def test_sigterm_to_the_monitor_cancels_the_run_gracefully(run: MonitoredRun) -> None:
-    pid = run.start("graceful")
+    pid = run.start("graceful", grace_s=60)  # generous: a loaded machine flushes slowly
     wait_for((run.run_dir / "trainer.pid").exists, timeout=60)
     os.kill(pid, signal.SIGTERM)
     record = run.exit_record(timeout=60)
