@@ -123,7 +123,7 @@ class LocalTrainerHandle:
         self._record = record
         self._process = process
         self._readers: list[asyncio.Task[None]] = []
-        self._lines: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue()
+        self._lines: asyncio.Queue[tuple[Stream, list[bytes]] | None] = asyncio.Queue()
 
     @property
     def pid(self) -> int | None:
@@ -143,6 +143,7 @@ class LocalTrainerHandle:
         ]
 
     async def _read(self, stream: asyncio.StreamReader, name: Stream) -> None:
+        # One queue item per chunk read, not per line: the relay's hot path.
         pending = b""
         try:
             while chunk := await stream.read(READ_CHUNK):
@@ -152,10 +153,10 @@ class LocalTrainerHandle:
                 if len(pending) > MAX_LINE:
                     lines.append(pending)
                     pending = b""
-                for line in lines:
-                    self._lines.put_nowait((name, line))
+                if lines:
+                    self._lines.put_nowait((name, lines))
             if pending:
-                self._lines.put_nowait((name, pending))
+                self._lines.put_nowait((name, [pending]))
         finally:
             self._lines.put_nowait(None)
 
@@ -166,7 +167,9 @@ class LocalTrainerHandle:
             if item is None:
                 open_streams -= 1
                 continue
-            yield item
+            name, lines = item
+            for line in lines:
+                yield name, line
 
     def refresh(self) -> bool:
         if not self._tree.refresh():
