@@ -12,7 +12,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import bench_cancel, bench_cli, bench_control, bench_events, bench_scale
+from benchmarks import (
+    bench_cancel,
+    bench_cli,
+    bench_control,
+    bench_events,
+    bench_ray,
+    bench_scale,
+)
 from benchmarks.machine import describe
 from benchmarks.report import console_table, markdown, read_json, write_json
 from benchmarks.results import Figure
@@ -32,6 +39,7 @@ GROUPS: list[tuple[set[int], Callable[[bool], list[Figure]]]] = [
     ({10}, lambda quick: [bench_cancel.many_stubborn(quick)]),
     ({6}, bench_events.run),
     ({7, 8, 9}, bench_scale.run),
+    ({12, 13, 14, 15}, bench_ray.run),
 ]
 
 
@@ -39,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few rounds, small sizes")
     parser.add_argument(
-        "--only", help="comma-separated figure numbers (default: all, 1 to 11)", default=""
+        "--only", help="comma-separated figure numbers (default: all, 1 to 15)", default=""
     )
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where to write the JSON"

@@ -32,5 +32,6 @@ class ErrorCode(str, enum.Enum):
     NO_ACTIVE_RUN = "NO_ACTIVE_RUN"
     AMBIGUOUS_ACTIVE_RUN = "AMBIGUOUS_ACTIVE_RUN"
     RUN_NOT_ACTIVE = "RUN_NOT_ACTIVE"  # cancel of a run that already reached a terminal state
+    CLUSTER_UNREACHABLE = "CLUSTER_UNREACHABLE"  # executor "ray": the cluster did not answer
     # Index
     INDEX_WRITE_FAILED = "INDEX_WRITE_FAILED"

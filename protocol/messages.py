@@ -96,6 +96,8 @@ class Train(RequestBase, tag="train"):
     params: dict[str, str] = {}
     grace_s: float | None = None
     device: str | None = None
+    executor: str | None = None  # "local" or "ray" (the setting ``executor``)
+    ray_address: str | None = None  # the Ray dashboard's URL (the setting ``rayAddress``)
 
 
 class Cancel(RequestBase, tag="cancel"):

@@ -30,6 +30,17 @@ LOGS_FILE = "logs.txt"  # the trainer's stdout and non-event stderr lines
 INDEX_ORPHAN_MARKER = ".index-orphan"  # completed, but the index update failed
 RUN_SUMMARY_FILE = "run-summary.md"  # export_md's output
 
+# A run on a cluster (executor "ray"): what the daemon and the job's entrypoint
+# (``runforge_rayjob``, on a cluster node) exchange through the run folder.
+EXECUTOR_DIR = ".executor"
+SPEC_FILE = "spec.json"  # daemon: argv, environment, working directory, nonce
+CONTROL_FILE = "control.json"  # daemon: cancel and kill requests
+OUTPUT_FILE = "output"  # entrypoint: the trainer's output lines, tagged, appended
+EXIT_FILE = "exit.json"  # entrypoint: the trainer's exit status, once reaped
+TAG_STDOUT, TAG_STDERR, TAG_RECORD = b"1", b"2", b"C"  # first byte of an output line
+NOT_SHARED_KEY = "runforge_workspace_not_shared"  # in the job's log: no run folder there
+EXIT_NOT_SHARED = 78  # the entrypoint's exit status then (EX_CONFIG)
+
 
 def relative_run_dir(run_id: str) -> str:
     """The workspace-relative, forward-slash path of run ``run_id``'s folder."""

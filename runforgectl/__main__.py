@@ -380,6 +380,8 @@ def cmd_train(ctx: Context) -> int:
         params=params,
         grace_s=a.grace,
         device=a.device,
+        executor=a.executor,
+        ray_address=a.ray_address,
     )
     result: m.TrainResult = ctx.call(request)
     run = result.run
@@ -795,6 +797,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="NAME=VALUE")
     p.add_argument("--grace", type=float, help="cancel grace window in seconds")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--executor", choices=["local", "ray"], help="where the run goes")
+    p.add_argument("--ray-address", metavar="URL", help="the Ray dashboard (executor ray)")
     p.add_argument("--detach", action="store_true", help="print the run id and return")
 
     p = add("cancel", cmd_cancel, "cancel a run (default: the workspace's active run)", [ws])

@@ -21,11 +21,11 @@ from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
-from runforged.monitor_executor import MonitorExecutor
 from runforged.probes import InterpreterProbes, choose_device
+from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
 from runforged.server import Daemon
-from runforged.settings import ResolvedSettings, config_dir, resolve_settings
+from runforged.settings import ResolvedSettings, SettingSource, config_dir, resolve_settings
 from runforged.supervisor import LiveRun, RunSupervisor
 from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
@@ -44,15 +44,17 @@ class DaemonContext:
         self.trainer_path = TrainerPath(server.endpoints.runtime_dir / "pythonpath")
         self.indexes = IndexWriters()
         self.state_dir = state_dir()
-        # Trainers as the daemon's own children: only to reconcile the runs a daemon from
-        # before per-run monitors left in flight. Every new run gets a monitor.
-        self.executors: dict[str, Executor] = {LocalExecutor.name: LocalExecutor()}
+        self.ray = RayExecutor()
+        self.executors: dict[str, Executor] = {
+            LocalExecutor.name: LocalExecutor(),
+            RayExecutor.name: self.ray,
+        }
         self.supervisor = RunSupervisor(
             publisher=server.publisher,
             counters=server.counters,
             indexes=self.indexes,
             state_dir=self.state_dir,
-            executor=MonitorExecutor(),
+            executors=self.executors,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -66,6 +68,7 @@ class DaemonContext:
             executors=self.executors,
             indexes=self.indexes,
             publisher=self.server.publisher,
+            adopt=self.supervisor.adopt,
         )
         if outcomes:
             log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
@@ -141,6 +144,8 @@ class DaemonContext:
                 ("datasetPath", request.dataset),
                 ("device", request.device),
                 ("cancelGraceSeconds", request.grace_s),
+                ("executor", request.executor),
+                ("rayAddress", request.ray_address),
             )
             if value is not None
         }
@@ -155,9 +160,23 @@ class DaemonContext:
                     {"param": name},
                 )
         dataset = self._dataset(workspace, settings)
-        env = self.child_env()
-        await self.probes.check_interpreter(trusted, settings.python_path, env=env)
-        device = await self._device(trusted, settings, env)
+        placement: RayPlacement | None = None
+        if settings.executor == RayExecutor.name:
+            # The trainer runs on the cluster: its interpreter and GPUs are there, not
+            # here. What can be checked here is that the cluster answers.
+            await self.ray.check_reachable(settings.ray_address, str(workspace))
+            env = job_environment(settings.ray_env_vars, os.environ)
+            device = ray_device(settings.device, settings.ray_resources)
+            placement = RayPlacement(
+                address=settings.ray_address,
+                resources=settings.ray_resources,
+                python_set=settings.origins["pythonPath"].source is not SettingSource.DEFAULT,
+                grace_s=settings.cancel_grace_seconds,
+            )
+        else:
+            env = self.child_env()
+            await self.probes.check_interpreter(trusted, settings.python_path, env=env)
+            device = await self._device(trusted, settings, env)
         run_id, run_dir = self._allocate_run_dir(workspace)
         name = request.name or run_id
         argv = [
@@ -209,6 +228,8 @@ class DaemonContext:
             max_concurrent=settings.max_concurrent_runs,
             max_concurrent_global=settings.max_concurrent_runs_global,
             max_log_bytes=settings.max_log_bytes,
+            executor=settings.executor,
+            placement=placement,
         )
         self.supervisor.submit(run)
         log.info("run_submitted", run_id=run_id, workspace=str(workspace), state=run.state.value)

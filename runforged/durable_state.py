@@ -61,11 +61,7 @@ class InflightRecord(HandleRecord, kw_only=True):
 
     def handle_record(self) -> HandleRecord:
         return HandleRecord(
-            executor=self.executor,
-            pid=self.pid,
-            create_time=self.create_time,
-            boot_id=self.boot_id,
-            descendants=list(self.descendants),
+            **{name: getattr(self, name) for name in HandleRecord.__struct_fields__}
         )
 
 

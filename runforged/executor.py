@@ -26,12 +26,15 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 import structlog
 
 from runforged.proctree import ProcessIdentity, ProcessTree, boot_id, is_same_live_process
+
+if TYPE_CHECKING:
+    from runforged.ray_executor import RayPlacement
 
 log = structlog.get_logger("runforged.executor")
 
@@ -51,6 +54,8 @@ class TrainerSpec:
     argv: list[str]
     env: Mapping[str, str]
     cwd: Path  # the workspace
+    # Where a run on a cluster goes (executor "ray"); None for a local run.
+    placement: RayPlacement | None = None
 
 
 class HandleRecord(msgspec.Struct, kw_only=True):
@@ -59,10 +64,15 @@ class HandleRecord(msgspec.Struct, kw_only=True):
     (workers that left the process group included, so that they can still be reached)."""
 
     executor: str = "local"
-    pid: int
-    create_time: float
-    boot_id: str
+    pid: int = 0
+    create_time: float = 0.0
+    boot_id: str = ""
     descendants: list[ProcessIdentity] = []
+    # A run on a cluster (executor "ray"): its job (the run id), the cluster's address
+    # and the run folder (absolute) where its entrypoint writes.
+    job_id: str = ""
+    address: str = ""
+    job_run_dir: str = ""
 
 
 class TrainerHandle(Protocol):
@@ -75,6 +85,20 @@ class TrainerHandle(Protocol):
     @property
     def record(self) -> HandleRecord: ...
 
+    @property
+    def outlives_daemon(self) -> bool:
+        """Whether the trainer goes on when the daemon stops (a cluster job), so that a
+        restarted daemon adopts it rather than cancelling it."""
+
+    @property
+    def started(self) -> bool:
+        """Whether the trainer process was started (False: e.g. still pending on a
+        cluster, or refused by it; ``start_failure`` then says why)."""
+
+    @property
+    def start_failure(self) -> str:
+        """Why the trainer never started ("" if it did, or if it is not known)."""
+
     def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
         """The trainer's output lines (without the newline) until both streams close."""
 
@@ -86,6 +110,14 @@ class TrainerHandle(Protocol):
 
     def kill_tree(self) -> int:
         """SIGKILL the trainer and every descendant; returns how many were signalled."""
+
+    def keep_deadline(self, deadline: float) -> None:
+        """A cancel's SIGKILL deadline (UNIX time), for a trainer that outlives the daemon
+        to keep across a restart (nothing to do for one that dies with it)."""
+
+    @property
+    def kept_deadline(self) -> float | None:
+        """The deadline a re-attached trainer kept from before the restart, if any."""
 
     def is_alive(self) -> bool: ...
 
@@ -132,6 +164,14 @@ class LocalTrainerHandle:
     @property
     def record(self) -> HandleRecord:
         return self._record
+
+    outlives_daemon = False  # its pipes die with the daemon
+    started = True
+    start_failure = ""
+    kept_deadline = None
+
+    def keep_deadline(self, deadline: float) -> None:
+        pass  # reconciliation cancels a survivor with its grace: nothing outlives us
 
     def _start_readers(self) -> None:
         assert self._process is not None

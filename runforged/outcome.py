@@ -23,8 +23,9 @@ Whether the daemon had to SIGKILL changes the reason, never the state: the state
 from files and events, not from how long the exit took. A graceful marker/event without a
 cancel request (someone sent SIGTERM to the trainer directly) is still a graceful cancel.
 
-Before the trainer: a run cancelled while queued is ``cancelled_graceful``; one whose
-trainer could not be started is ``failed``. After a daemon crash (``reconciled``): a
+Before the trainer: a run cancelled while queued, or while its cluster job was still
+pending (it never trains), is ``cancelled_graceful``; one whose trainer could not be
+started (or that a cluster refused) is ``failed``. After a daemon crash (``reconciled``): a
 usable ``run.json`` means completed (nobody read its stderr, so ``artifacts_written`` may
 never have been seen); else a marker or ``run_cancelled`` in the event log decides as
 above; else a trainer that was still alive and had to be cancelled is
@@ -131,6 +132,14 @@ def _describe_exit(exit_code: int, killed: bool) -> str:
 
 def cancelled_while_queued() -> Classification:
     return Classification(RunState.CANCELLED_GRACEFUL, "cancelled while queued; never started")
+
+
+def cancelled_before_start(why: str) -> Classification:
+    """Cancelled before the trainer started: e.g. a cluster job still pending for
+    resources, which is stopped and never trains."""
+    return Classification(
+        RunState.CANCELLED_GRACEFUL, why or "cancelled before the trainer started"
+    )
 
 
 def never_started(failure_message: str) -> Classification:

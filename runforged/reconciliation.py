@@ -9,12 +9,16 @@ several survivors waits one grace window, not one per run. Workers a dead traine
 behind are killed either way. Then ``runforged.outcome.reconciled`` decides each run's
 terminal state from its folder, ``result.json`` is written, a completed run is indexed,
 and the run's event log gets the ``run_terminal`` its old daemon never wrote.
+
+A trainer whose handle outlives the daemon (a Ray job) is not cancelled: the supervisor
+adopts it (``RunSupervisor.adopt``), its events resume after the last one on disk, a
+cancel asked before the crash is asked again, and it ends like any run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -27,11 +31,15 @@ from runforge_protocol.records import ResultRecord, RunState
 from runforged import outcome, run_folder
 from runforged.cancel import CancelController
 from runforged.durable_state import CancelJournal, InflightRecord, InflightRecords, make_private
-from runforged.executor import Executor
+from runforged.executor import Executor, TrainerHandle
 from runforged.index_writer import IndexWriters
 from runforged.supervisor import Publisher
 
 log = structlog.get_logger("runforged.reconciliation")
+
+# Takes over a run whose trainer outlives the daemon: (record, handle, cancel requested)
+# -> whether it could.
+Adopt = Callable[[InflightRecord, TrainerHandle, bool], bool]
 
 
 async def reconcile(
@@ -42,11 +50,21 @@ async def reconcile(
     executors: Mapping[str, Executor],
     indexes: IndexWriters,
     publisher: Publisher,
+    adopt: Adopt,
 ) -> list[tuple[str, RunState]]:
-    """Classify every run a previous daemon left in flight (call before serving)."""
+    """Classify every run a previous daemon left in flight (call before serving); hand
+    those whose trainer outlives the daemon (a cluster job) to ``adopt``."""
     make_private(state_dir)
     cancelled = journal.recorded()
-    inflight = records.load_all()
+    inflight = []
+    adoptable = []
+    for record in records.load_all():
+        executor = executors.get(record.executor)
+        handle = executor.reattach(record.handle_record()) if executor is not None else None
+        if handle is not None and handle.outlives_daemon:
+            adoptable.append((record, handle))
+        else:
+            inflight.append(record)
     states = await asyncio.gather(
         *(
             _reconcile_one(
@@ -62,6 +80,17 @@ async def reconcile(
     for record in inflight:
         records.drop(record.run_id)
     journal.clear()
+    for record, handle in adoptable:
+        # After the journal is cleared: an adopted run's cancel is asked (and journaled)
+        # again.
+        if not adopt(record, handle, record.run_id in cancelled):
+            states.append(
+                await _reconcile_one(
+                    record, True, executors={}, indexes=indexes, publisher=publisher
+                )
+            )
+            inflight.append(record)
+            records.drop(record.run_id)
     return [(record.run_id, state) for record, state in zip(inflight, states, strict=True)]
 
 

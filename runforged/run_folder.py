@@ -16,7 +16,13 @@ file              reader                                                      wh
                   a regular file of at most 1 MiB
 ``.index-orphan`` ``read_index_orphan_error``                                  a message
 ``metrics.json``  ``final_metrics``: its numeric top-level values              {}
-``events.jsonl``  ``read_events`` / ``events_seen`` / ``last_run_seq``         torn lines skipped
+``events.jsonl``  ``read_events`` / ``events_seen`` / ``last_run_seq`` /       torn lines skipped
+                  ``count_events``
+``logs.txt``      ``count_log_lines`` (a torn last line is not counted)       0
+``.executor/``    a cluster run's exchange with its entrypoint (``spec.json``,  None (absent)
+                  ``control.json`` written here; ``output`` followed through
+                  ``open_executor_stream``; ``exit.json`` by
+                  ``read_executor_exit``)
 documents         ``read_document``: any JSON (show, metrics, ...)             RunforgeError
 ================  ==========================================================  ===========
 
@@ -44,11 +50,15 @@ from runforge_contract import layout
 from runforge_contract.atomicio import write_bytes_atomic
 from runforge_contract.layout import (
     CANCELLED_MARKER,
+    CONTROL_FILE,
     EVENTS_FILE,
+    EXECUTOR_DIR,
+    EXIT_FILE,
     INDEX_FILE,
     INDEX_ORPHAN_MARKER,
     LOGS_FILE,
     METRICS_FILE,
+    OUTPUT_FILE,
     REQUEST_FILE,
     RESULT_FILE,
     RUN_FILE,
@@ -590,3 +600,65 @@ def read_document(run_dir: Path, name: str) -> Any:
 def write_document(run_dir: Path, name: str, data: bytes) -> None:
     """Write an export (``run-summary.md``) into the run folder atomically."""
     write_bytes_atomic(run_dir / name, data)
+
+
+def count_events(run_dir: Path, kinds: tuple[str, ...]) -> int:
+    """How many persisted events are of one of the types ``kinds`` (whole lines only)."""
+    needles = [b'"type":"' + kind.encode() + b'"' for kind in kinds]
+    count = 0
+    with contextlib.suppress(OSError):
+        for line in _event_lines(run_dir):
+            if line.endswith(b"\n") and any(needle in line for needle in needles):
+                count += 1
+    return count
+
+
+def count_log_lines(run_dir: Path) -> int:
+    """How many whole lines ``logs.txt`` holds (0 if there is none)."""
+    count = 0
+    with contextlib.suppress(OSError), open(run_dir / LOGS_FILE, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+# --------------------------------------------------------------------------- .executor/
+
+
+def write_executor_document(run_dir: Path, name: str, data: bytes) -> None:
+    """``spec.json`` or ``control.json`` of a cluster run, atomically (private: they hold
+    the trainer's environment)."""
+    directory = run_dir / EXECUTOR_DIR
+    directory.mkdir(mode=0o700, exist_ok=True)
+    write_bytes_atomic(directory / name, data, 0o600)
+
+
+def open_executor_stream(run_dir: Path) -> int | None:
+    """A read-only descriptor on the entrypoint's ``output`` stream, None until it exists
+    (the caller closes it)."""
+    try:
+        return os.open(run_dir / EXECUTOR_DIR / OUTPUT_FILE, _READ_FLAGS | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+
+
+def read_executor_exit(run_dir: Path) -> dict[str, Any] | None:
+    """The entrypoint's ``exit.json`` (the trainer's exit status), None while absent or
+    not (yet) a JSON object."""
+    return _executor_document(run_dir, EXIT_FILE)
+
+
+def read_executor_control(run_dir: Path) -> dict[str, Any] | None:
+    """The daemon's ``control.json`` (cancel and kill requests so far), None if absent."""
+    return _executor_document(run_dir, CONTROL_FILE)
+
+
+def _executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+    data = _open_small_regular_file(run_dir / EXECUTOR_DIR / name, 1 << 16)
+    if data is None:
+        return None
+    try:
+        document = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return document if isinstance(document, dict) else None

@@ -15,6 +15,8 @@ profile, preset, device       yes   yes        yes
 cancelGraceSeconds            yes   yes        yes
 maxConcurrentRuns             yes   yes        no
 maxConcurrentRunsGlobal       yes   no         no
+executor, rayAddress          yes   yes        yes
+rayResources, rayEnvVars      yes   yes        no
 maxLogBytes                   yes   yes        no
 ============================  ====  =========  =======
 
@@ -41,6 +43,7 @@ import msgspec
 
 from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
+from runforged.ray_jobs import check_address
 
 # --- JSONC -------------------------------------------------------------------------------
 
@@ -242,11 +245,14 @@ ModelFamily = Literal["logistic_regression", "random_forest", "linear_svc"]
 Profile = Literal["default", "fast", "thorough"]
 Preset = Literal["std-train", "hq-train"]
 Device = Literal["auto", "cpu", "cuda"]
+Executor = Literal["local", "ray"]
 
 USER_CONFIG_FILE = "config.json"
 WORKSPACE_SETTINGS_FILE = Path(".vscode") / "settings.json"
 WORKSPACE_KEY_PREFIX = "runforge."
 WORKSPACE_FOLDER_VARIABLE = "${workspaceFolder}"
+DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"  # a local head's dashboard (Ray's default)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -289,7 +295,11 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     cancel_grace_seconds: float
     max_concurrent_runs: int
     max_concurrent_runs_global: int
-    max_log_bytes: int
+    executor: Executor = "local"
+    ray_address: str = DEFAULT_RAY_ADDRESS
+    ray_resources: dict[str, float] = {}
+    ray_env_vars: list[str] = []
+    max_log_bytes: int = 64 << 20
     origins: dict[str, SettingOrigin]
     warnings: list[SettingsWarning] = []
     # The files consulted, shown even when absent so users know where to put settings.
@@ -347,6 +357,38 @@ def _positive_int(value: Any) -> Any:
     return value
 
 
+def _ray_address(value: Any) -> Any:
+    # Checked by the Job API client itself, so both agree on what an address is.
+    if not isinstance(value, str):
+        raise _InvalidValue("an http:// or https:// address of the Ray dashboard")
+    try:
+        return check_address(value)
+    except ValueError as exc:
+        raise _InvalidValue(str(exc)) from None
+
+
+def _resources(value: Any) -> Any:
+    # Ray's resource names: CPU, GPU, memory or a custom one; amounts are >= 0.
+    message = 'an object of resource amounts >= 0, such as {"CPU": 2, "GPU": 1}'
+    if not isinstance(value, dict):
+        raise _InvalidValue(message)
+    for name, amount in value.items():
+        if not name or isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise _InvalidValue(message)
+        if not math.isfinite(amount) or amount < 0:
+            raise _InvalidValue(message)
+    return {name: float(amount) for name, amount in value.items()}
+
+
+def _env_names(value: Any) -> Any:
+    message = 'a list of environment variable names, a trailing * for a prefix ("WANDB_*")'
+    if not isinstance(value, list) or not all(
+        isinstance(name, str) and _ENV_NAME.fullmatch(name) for name in value
+    ):
+        raise _InvalidValue(message)
+    return list(value)
+
+
 @dataclass(frozen=True)
 class _Setting:
     key: str
@@ -373,6 +415,10 @@ _SETTINGS: tuple[_Setting, ...] = (
         workspace_may_set=False,
         request_may_set=False,
     ),
+    _Setting("executor", "executor", _choice(get_args(Executor))),
+    _Setting("rayAddress", "ray_address", _ray_address),
+    _Setting("rayResources", "ray_resources", _resources, request_may_set=False),
+    _Setting("rayEnvVars", "ray_env_vars", _env_names, request_may_set=False),
     _Setting("maxLogBytes", "max_log_bytes", _log_cap, request_may_set=False),
 )
 _BY_KEY = {setting.key: setting for setting in _SETTINGS}
@@ -391,6 +437,10 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "cancelGraceSeconds": 5.0,
         "maxConcurrentRuns": 1,
         "maxConcurrentRunsGlobal": 4,
+        "executor": "local",
+        "rayAddress": DEFAULT_RAY_ADDRESS,
+        "rayResources": {},
+        "rayEnvVars": [],
         "maxLogBytes": 64 << 20,
     }
 

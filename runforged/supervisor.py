@@ -24,17 +24,17 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
 
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
-from runforge_contract.timestamps import utc_now
+from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol import events as ev
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
@@ -60,6 +60,9 @@ from runforged.monitor_executor import (
 from runforged.run_records import AcceptedRecord, MonitorSpec, RunRecords, remove_stale_temp_files
 from runforged.trainer_events import InvalidEventLine, parse_line
 from runforged.trust import TrustedWorkspace
+
+if TYPE_CHECKING:
+    from runforged.ray_executor import RayPlacement
 
 log = structlog.get_logger("runforged.supervisor")
 
@@ -91,13 +94,15 @@ class LiveRun:
 
     run_id: str
     workspace: Path
-    trusted: TrustedWorkspace | None  # None: taken over from an earlier daemon
+    trusted: TrustedWorkspace | None  # None: adopted from a previous daemon, never spawned here
     request: RequestRecord
     argv: list[str]
     env: dict[str, str]
     grace_s: float
     max_concurrent: int = 1  # runs of this workspace at once (its setting)
     max_concurrent_global: int = 4
+    executor: str = "local"  # the name of the executor that runs it
+    placement: RayPlacement | None = None  # where it goes, for executor "ray"
     state: RunState = RunState.QUEUED
     run_seq: int = 0
     started_at: str | None = None
@@ -140,12 +145,14 @@ class RunSupervisor:
         counters: Counters,
         indexes: IndexWriters,
         state_dir: Path,
-        executor: Executor | MonitorExecutor,
+        executors: Mapping[str, Executor],
+        monitors: MonitorExecutor | None = None,
     ) -> None:
         self._publisher = publisher
         self._counters = counters
         self._indexes = indexes
-        self._executor = executor
+        self._executors = executors
+        self._monitors = monitors
         self.inflight_records = InflightRecords(state_dir / "inflight")
         self.cancel_journal = CancelJournal(state_dir / "cancel-intents.log")
         self.records = RunRecords(state_dir / "runs")
@@ -214,7 +221,7 @@ class RunSupervisor:
         kill can lose it. Raises RunforgeError when that record cannot be written."""
         run.topic_prefix = ev.run_topic_prefix(str(run.workspace), run.run_id)
         try:
-            if isinstance(self._executor, MonitorExecutor):
+            if run.executor == "local" and self._monitors is not None:
                 run.record_dir = self.records.accept(_accepted_record(run))
             run.events_file = run_folder.open_for_append(run.run_dir, run_folder.EVENTS_FILE)
         except OSError as exc:
@@ -255,23 +262,27 @@ class RunSupervisor:
     # ------------------------------------------------------------------ one run
 
     async def _run(self, run: LiveRun) -> None:
-        if isinstance(self._executor, MonitorExecutor):
-            await self._run_monitored(run, self._executor)
+        if run.executor == "local" and self._monitors is not None:
+            await self._run_monitored(run, self._monitors)
             return
-        await self._run_through_handle(run, self._executor)
+        await self._run_through_handle(run)
 
-    async def _run_through_handle(self, run: LiveRun, executor: Executor) -> None:
-        """A run of an executor behind the ``TrainerHandle`` seam (not a monitor): raw
+    async def _run_through_handle(self, run: LiveRun) -> None:
+        """A run of an executor behind the ``TrainerHandle`` seam (a cluster job): its
         output relayed and persisted here, cancels through ``CancelController``."""
-        exit_code: int | None = None
         try:
             try:
                 if run.trusted is not None:
-                    run.trusted.recheck()  # trust withdrawn while queued: never spawn
+                    run.trusted.recheck()  # trust withdrawn while it was queued: never spawn
                 run.log_file = run_folder.open_for_append(run.run_dir, run_folder.LOGS_FILE)
-                handle = await executor.start(
-                    TrainerSpec(run_id=run.run_id, argv=run.argv, env=run.env, cwd=run.workspace)
+                spec = TrainerSpec(
+                    run_id=run.run_id,
+                    argv=run.argv,
+                    env=run.env,
+                    cwd=run.workspace,
+                    placement=run.placement,
                 )
+                handle = await self._executors[run.executor].start(spec)
             except (OSError, RunforgeError) as exc:
                 run.evidence.failure_message = f"could not start the trainer: {exc}"
                 log.warning("spawn_failed", run_id=run.run_id, error=str(exc))
@@ -284,10 +295,23 @@ class RunSupervisor:
             self._save_inflight(run)
             run.controller = self._cancel_controller(run, handle)
             self._publish(run, ev.RUN_SPAWNED, {"pid": handle.pid, "argv": run.argv})
-            log.info("run_spawned", run_id=run.run_id, pid=handle.pid)
+            log.info("run_spawned", run_id=run.run_id, pid=handle.pid, executor=run.executor)
             if run.cancel_requested:
                 # Cancelled between leaving the queue and the spawn: honour it now.
-                run.controller.request(run.grace_s)
+                self._keep_deadline(run, run.controller.request(run.grace_s).deadline_in_s)
+        except Exception:
+            log.exception("run_supervision_failed", run_id=run.run_id)
+            if run.result is None:
+                run.evidence.failure_message = "internal error in the daemon"
+                await self._finish(run, exit_code=None)
+            return
+        await self._supervise(run, handle)
+
+    async def _supervise(self, run: LiveRun, handle: TrainerHandle) -> None:
+        """Relay the trainer's output until it exits, then finish the run."""
+        assert run.controller is not None
+        exit_code: int | None = None
+        try:
             relay = asyncio.ensure_future(self._relay_output(run, handle))
             watcher = asyncio.ensure_future(self._watch_tree(run, handle))
             flusher = asyncio.ensure_future(self._flush_periodically(run))
@@ -559,10 +583,19 @@ class RunSupervisor:
         evidence.cancel_requested = run.cancel_requested
         evidence.killed = bool(run.controller and run.controller.killed)
         evidence.marker_valid = run_folder.read_cancelled_marker(run.run_dir) is not None
+        handle = run.handle
         if run.state is RunState.QUEUED and run.cancel_requested:
             verdict = outcome.cancelled_while_queued()
+        elif exit_code is None and handle is not None and not handle.started:
+            # A cluster job that never started its trainer: cancelled while pending for
+            # resources, or refused (the cluster cannot see the workspace...).
+            if run.cancel_requested:
+                verdict = outcome.cancelled_before_start(handle.start_failure)
+            else:
+                verdict = outcome.never_started(handle.start_failure)
         elif exit_code is None:
-            verdict = outcome.never_started(evidence.failure_message)
+            failure = handle.start_failure if handle is not None else ""
+            verdict = outcome.never_started(failure or evidence.failure_message)
         else:
             evidence.run_json_usable = run_folder.run_json_usable(run.run_dir)
             verdict = outcome.trainer_exited(exit_code, evidence)
@@ -701,6 +734,7 @@ class RunSupervisor:
         if run.controller is None:
             return already, None  # not spawned yet: _run applies the cancel on spawn
         request = run.controller.request(grace_s)
+        self._keep_deadline(run, request.deadline_in_s)
         return request.already_cancelling, request.deadline_in_s
 
     async def _cancel_monitored(
@@ -737,6 +771,13 @@ class RunSupervisor:
         log.info("cancel_requested", run_id=run.run_id, grace_s=grace_s)
         deadline = reply.get("deadline_in_s")
         return bool(reply.get("already")), float(deadline) if deadline is not None else None
+
+    @staticmethod
+    def _keep_deadline(run: LiveRun, deadline_in_s: float | None) -> None:
+        """Tell a trainer that outlives the daemon when its cancel's deadline falls, so it
+        is kept across a daemon restart."""
+        if run.handle is not None and deadline_in_s is not None:
+            run.handle.keep_deadline(time.time() + deadline_in_s)
 
     async def shutdown(self, *, keep_runs: bool = False) -> None:
         """Stop accepting runs. With ``keep_runs``, detach from every monitor (runs go on)
@@ -776,9 +817,9 @@ class RunSupervisor:
         served): re-attach to live monitors, classify runs that ended meanwhile from their
         exit records, finish recording verdicts already on disk, and queue again runs
         that never started, in their order. Returns how many runs were taken over."""
-        if not isinstance(self._executor, MonitorExecutor):
+        if self._monitors is None:
             return 0
-        executor = self._executor
+        executor = self._monitors
         make_private(self.records.directory.parent)
         taken = 0
         records = self.records.load_all()
@@ -832,6 +873,59 @@ class RunSupervisor:
             log.exception("run_supervision_failed", run_id=run.run_id)
             if run.result is None and not self._detaching:
                 await self._finish_monitored(run, exit_record or self._exit_on_disk(run))
+
+    # ------------------------------------------------------------------ adoption
+
+    def adopt(self, record: InflightRecord, handle: TrainerHandle, cancel_requested: bool) -> bool:
+        """Take over a run a previous daemon left with an executor that outlives it (a
+        cluster job): its events go on from the last one on disk, its cancel (if one was
+        asked) is asked again, and it ends through the same path as any run. False when
+        its folder no longer says what was asked (then reconciliation classifies it)."""
+        workspace = Path(record.workspace)
+        run_dir = workspace / record.run_dir
+        request = run_folder.load_request(run_dir)
+        if request is None:
+            return False
+        run = LiveRun(
+            run_id=record.run_id,
+            workspace=workspace,
+            trusted=None,
+            request=request,
+            argv=list(request.argv),
+            env={},
+            grace_s=record.cancel_grace_s,
+            executor=record.executor,
+            state=RunState.RUNNING,
+            run_seq=run_folder.last_run_seq(run_dir),
+            started_at=record.started_at,
+            started_mono=time.monotonic() - _seconds_since(record.started_at),
+            handle=handle,
+            inflight=record,
+        )
+        seen = run_folder.events_seen(run_dir, (te.ARTIFACTS_WRITTEN, te.RUN_CANCELLED))
+        run.evidence.artifacts_written = seen[te.ARTIFACTS_WRITTEN]
+        run.evidence.run_cancelled = seen[te.RUN_CANCELLED]
+        run.topic_prefix = ev.run_topic_prefix(str(workspace), run.run_id)
+        run.events_file = run_folder.open_for_append(run_dir, run_folder.EVENTS_FILE)
+        run.log_file = run_folder.open_for_append(run_dir, run_folder.LOGS_FILE)
+        run.controller = self._cancel_controller(run, handle)
+        self._active[run.run_id] = run
+        log.info("run_adopted", run_id=run.run_id, executor=run.executor, run_seq=run.run_seq)
+        if cancel_requested:
+            run.cancel_requested = True
+            run.state = RunState.CANCELLING
+            self._spawn_task(self._cancel_again(run, record.cancel_grace_s))
+        self._spawn_task(self._supervise(run, handle))
+        return True
+
+    async def _cancel_again(self, run: LiveRun, grace_s: float) -> None:
+        await self.cancel_journal.record(run.run_id)  # durable again before any signal
+        if run.controller is not None and not run.controller.trainer_has_exited:
+            # The deadline the trainer kept, if any: a restart does not extend the grace.
+            deadline = run.handle.kept_deadline if run.handle is not None else None
+            if deadline is not None:
+                grace_s = max(0.0, deadline - time.time())
+            self._keep_deadline(run, run.controller.request(grace_s).deadline_in_s)
 
     # ------------------------------------------------------------------ durable state
 
@@ -907,3 +1001,9 @@ def _ends_with_newline(run_dir: Path) -> bool:
             return handle.read(1) == b"\n"
     except OSError:
         return True
+
+
+def _seconds_since(timestamp: str) -> float:
+    """Seconds from a contract timestamp to now (0 if it cannot be read)."""
+    parsed = parse_timestamp(timestamp)
+    return max(0.0, time.time() - parsed.timestamp()) if parsed is not None else 0.0
