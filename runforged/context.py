@@ -21,6 +21,7 @@ from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
+from runforged.monitor_executor import MonitorExecutor
 from runforged.probes import InterpreterProbes, choose_device
 from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
@@ -55,6 +56,9 @@ class DaemonContext:
             indexes=self.indexes,
             state_dir=self.state_dir,
             executors=self.executors,
+            # Every local run gets its own monitor (it outlives the daemon); the local
+            # executor only reconciles trainers of daemons from before monitors.
+            monitors=MonitorExecutor(),
         )
 
     # ------------------------------------------------------------------ lifecycle
