@@ -18,6 +18,7 @@ from benchmarks import (
     bench_control,
     bench_events,
     bench_ray,
+    bench_runner,
     bench_scale,
 )
 from benchmarks.machine import describe
@@ -40,6 +41,8 @@ GROUPS: list[tuple[set[int], Callable[[bool], list[Figure]]]] = [
     ({6}, bench_events.run),
     ({7, 8, 9}, bench_scale.run),
     ({12, 13, 14, 15}, bench_ray.run),
+    ({16}, lambda quick: [bench_runner.training(quick)]),
+    ({17}, lambda quick: [bench_runner.csv_load(quick)]),
 ]
 
 
@@ -47,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few rounds, small sizes")
     parser.add_argument(
-        "--only", help="comma-separated figure numbers (default: all, 1 to 15)", default=""
+        "--only", help="comma-separated figure numbers (default: all, 1 to 17)", default=""
     )
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where to write the JSON"

@@ -56,7 +56,7 @@ filesystem for translations (and imports `locale` for it, ~1.3 ms), and the firs
 its help formatter. The request itself, connect included, is under 1 ms.
 
 **Done.** `subprocess`, `shutil`, `signal` and `runforgectl.follow` are imported inside
-the commands that use them (`runforgectl/__main__.py`), and earlier `hashlib` and
+the commands that use them (`runforgectl/commands/`), and earlier `hashlib` and
 `tempfile` in `protocol` (commit "protocol: import hashlib and tempfile where used");
 then `runforgectl` builds only the named command's parser (the full one only for
 `--help` or an unknown command; a test keeps the command list in step with the full

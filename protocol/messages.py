@@ -98,6 +98,10 @@ class Train(RequestBase, tag="train"):
     device: str | None = None
     executor: str | None = None  # "local" or "ray" (the setting ``executor``)
     ray_address: str | None = None  # the Ray dashboard's URL (the setting ``rayAddress``)
+    label: str | None = None
+    # A retry of the same request (same key, same workspace) is answered with the run the
+    # first one created instead of starting another; runforgectl sends a fresh key per call.
+    request_key: str | None = None
 
 
 class Cancel(RequestBase, tag="cancel"):
@@ -388,6 +392,9 @@ class RunsResult(ResultBase, tag="runs"):
     workspace: str
     runs: list[RunSummary]
     orphans: list[OrphanInfo] = []
+    # Unreadable index files moved aside (workspace-relative) and not yet reported by a
+    # recovery: their runs show as orphans until `recover`.
+    corrupt_index_kept_as: list[str] = []
 
 
 class DocumentResult(ResultBase, tag="document"):

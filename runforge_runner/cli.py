@@ -132,7 +132,17 @@ def _train(args: argparse.Namespace, cancel_signal: CancelSignal) -> int:
         label_column=args.label,
         device=args.device,
     )
-    return session.run(lambda active: train_run(active, request))
+    code = session.run(lambda active: train_run(active, request))
+    # Looked up, not imported: a cancel before training must not import scikit-learn.
+    training = sys.modules.get("runforge_runner.training")
+    if code == EXIT_CANCELLED and training is not None and training.fit_thread_running():
+        # Cancelled while scikit-learn was inside a solver or a tree that cannot be
+        # interrupted: everything is flushed and recorded, so leave now rather than wait
+        # for it (or tear down the interpreter under its feet).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _answer(args: argparse.Namespace) -> Any:

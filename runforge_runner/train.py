@@ -34,6 +34,7 @@ from runforge_runner.contract import (
     STEP_METRICS,
     STEP_SHUTDOWN,
     STEP_TRAINING,
+    RunCancelled,
     TrainerError,
     TrainerSession,
     utc_timestamp,
@@ -41,6 +42,13 @@ from runforge_runner.contract import (
 )
 from runforge_runner.dataset import load_dataset
 from runforge_runner.params import TrainingPlan
+
+# Progress by the clock, whatever the data size: at most one event per MIN interval
+# (and only when the fit moved), at least one per MAX interval while fitting.
+PROGRESS_MIN_INTERVAL_S = 0.2
+PROGRESS_MAX_INTERVAL_S = 1.0
+# How often the main thread looks at the worker and at the cancel latch.
+PROGRESS_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -98,29 +106,22 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     session.checkpoint()
 
     session.enter_step(STEP_TRAINING)
+    # Imports the family's estimator and standardizes the features: before train_started,
+    # so that the first progress event follows it within a second.
+    work.fit = training.start_fit(plan, split)
+    session.checkpoint()
     session.emit("train_started", model_family=plan.model_family)
     fit_started = time.monotonic()
-    work.fit = training.start_fit(plan, split)
-    while work.fit.done < work.fit.total:
-        session.checkpoint()
-        try:
-            progress = work.fit.fit_chunk()
-        except (ValueError, ArithmeticError) as error:
-            # scikit-learn's way of saying the data cannot be fitted (e.g. overflow).
-            raise TrainerError(
-                ERROR_TRAINING_FAILED,
-                f"{plan.model_family} training failed at {work.fit.done}/{work.fit.total}: {error}",
-            ) from error
-        fields: dict[str, Any] = {
-            "epoch": progress.done,
-            "total_epochs": progress.total,
-            "val_accuracy": progress.val_accuracy,
-        }
-        if progress.loss is not None and math.isfinite(progress.loss):
-            fields["loss"] = progress.loss
-        session.emit("train_progress", **fields)
+    watch = _watch_fit(session, training.FitWorker(work.fit))
     work.model = work.fit.model()
-    session.emit("train_finished", duration_seconds=round(time.monotonic() - fit_started, 3))
+    fit_seconds = time.monotonic() - fit_started
+    session.log(_outcome_line(plan, work.fit))
+    session.log(
+        f"progress: {watch.events} train_progress events; their numbers took "
+        f"{watch.cost_s:.3f} s of CPU, {100 * watch.cost_s / max(fit_seconds, 1e-9):.1f}% of "
+        f"the {fit_seconds:.3f} s fit"
+    )
+    session.emit("train_finished", duration_seconds=round(fit_seconds, 3))
     session.checkpoint()
 
     session.enter_step(STEP_METRICS)
@@ -170,6 +171,84 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
         run_dir=session.run_dir_relative,
     )
     session.enter_step(STEP_SHUTDOWN)
+
+
+@dataclass
+class ProgressWatch:
+    """What reporting progress cost: events emitted and seconds spent on their numbers."""
+
+    events: int = 0
+    cost_s: float = 0.0
+
+
+def _watch_fit(session: TrainerSession, worker: Any) -> ProgressWatch:
+    """Run the fit in its worker; meanwhile act on a cancel at once and report progress by
+    the clock: an event when the fit moved and PROGRESS_MIN_INTERVAL_S passed, and at
+    least one every PROGRESS_MAX_INTERVAL_S; a last one with the final numbers."""
+    fit = worker.fit
+    watch = ProgressWatch()
+    worker.start()
+    last_emitted = time.monotonic()
+    last_done = 0
+    try:
+        while not worker.finished.wait(PROGRESS_POLL_S):
+            session.checkpoint()
+            now = time.monotonic()
+            snapshot = fit.snapshot
+            since = now - last_emitted
+            if (snapshot.done != last_done and since >= PROGRESS_MIN_INTERVAL_S) or (
+                since >= PROGRESS_MAX_INTERVAL_S
+            ):
+                _emit_progress(session, fit, snapshot, watch)
+                last_emitted, last_done = now, snapshot.done
+        session.checkpoint()
+    except RunCancelled:
+        fit.stop()
+        raise
+    if worker.error is not None:
+        error = worker.error
+        if isinstance(error, (ValueError, ArithmeticError)):
+            # scikit-learn's way of saying the data cannot be fitted (e.g. overflow).
+            raise TrainerError(
+                ERROR_TRAINING_FAILED,
+                f"{fit.family} training failed after {fit.snapshot.done}/{fit.total}: {error}",
+            ) from error
+        raise error
+    _emit_progress(session, fit, fit.snapshot, watch)
+    return watch
+
+
+def _emit_progress(session: TrainerSession, fit: Any, snapshot: Any, watch: ProgressWatch) -> None:
+    # CPU time of this thread: what the numbers cost, not how long the worker kept the
+    # core busy meanwhile.
+    started = time.thread_time()
+    val_accuracy, loss = fit.measure(snapshot)
+    watch.cost_s += time.thread_time() - started
+    watch.events += 1
+    fields: dict[str, Any] = {"epoch": snapshot.done, "total_epochs": fit.total}
+    if val_accuracy is not None:
+        fields["val_accuracy"] = val_accuracy
+    if loss is not None and math.isfinite(loss):
+        fields["loss"] = loss
+    session.emit("train_progress", **fields)
+
+
+def _outcome_line(plan: TrainingPlan, fit: Any) -> str:
+    """One log line saying how the fit ended (also readable from the last progress event:
+    ``epoch < total_epochs`` means the model converged before ``max_iter``)."""
+    outcome = fit.outcome
+    if outcome.converged is None:
+        return f"{plan.model_family}: grew {outcome.done} trees"
+    tol = plan.value("tol")
+    if outcome.converged:
+        return (
+            f"{plan.model_family}: converged after {outcome.done} iterations "
+            f"(tol {tol}, max_iter {outcome.total})"
+        )
+    return (
+        f"{plan.model_family}: reached max_iter={outcome.total} before converging (tol {tol}); "
+        "raise max_iter or tol if the metrics look unsettled"
+    )
 
 
 def _write_metrics(session: TrainerSession, work: FinishedWork) -> None:

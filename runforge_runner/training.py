@@ -1,26 +1,39 @@
-"""Fitting the three model families in short chunks, so a cancel is seen between chunks.
+"""Fitting the three model families the way scikit-learn fits them, in a worker thread.
 
-logistic_regression: ``LogisticRegression`` (saga), one epoch per chunk via warm start.
-linear_svc: a linear SVM (``SGDClassifier`` with hinge loss), a batch of iterations per
-chunk via ``partial_fit`` (scikit-learn's ``LinearSVC`` cannot resume, so it cannot be
-interrupted). random_forest: ``RandomForestClassifier`` grown a few trees per chunk via
-warm start. Linear models see standardized features; the saved model is a ``Pipeline``
-so that it predicts from raw features.
+Each family trains with the estimator's own algorithm and stopping rule, so the model is
+the one a plain ``fit()`` of the same estimator and parameters gives:
+
+- logistic_regression: ``LogisticRegression`` (L-BFGS, scikit-learn's default solver),
+  one ``fit()``; it stops when converged by its ``tol`` or at ``max_iter``. Where
+  scikit-learn offers fit callbacks (1.9+), each iteration's coefficients are observed
+  (read only: the fit is the same, bit for bit) for progress and for a partial model.
+- linear_svc: ``LinearSVC`` (liblinear), one ``fit()``, converged by its ``tol`` or
+  stopped at ``max_iter``; liblinear shows nothing until it returns.
+- random_forest: ``RandomForestClassifier`` grown with ``warm_start`` in batches of trees
+  sized to take about a quarter of a second each. scikit-learn seeds every tree from the
+  forest's ``random_state`` in order, so the trees are exactly those of one ``fit()``.
+
+The fit runs in a worker thread (scikit-learn's solvers and tree builders release the
+GIL), so the main thread stays free to act on a cancel at once, whatever one iteration
+or one tree costs, and to report progress by the clock (see ``FitWatch``). Linear models
+see standardized features; the saved model is a ``Pipeline`` that predicts from raw
+features.
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import threading
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.metrics import hinge_loss, log_loss
+from sklearn.metrics import hinge_loss
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -30,9 +43,13 @@ from runforge_runner.params import TrainingPlan
 
 Array = npt.NDArray[Any]
 
-# Upper bound on progress events per run for families trained in batches: enough for a
-# smooth progress bar, few enough that every chunk does real work.
-MAX_PROGRESS_EVENTS = 200
+FIT_THREAD_NAME = "runforge-fit"
+# Progress numbers are computed on at most this many rows of each part, so their cost
+# stays a small, fixed fraction of the fit whatever the data size.
+PROGRESS_SAMPLE_ROWS = 10_000
+# A forest grows in batches of trees that take about this long, so progress and the
+# partial model move steadily; a single tree may take longer (it cannot be split).
+FOREST_BATCH_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -56,98 +73,243 @@ def split_dataset(dataset: Dataset, seed: int) -> Split:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The classifier as of ``done`` units (iterations or trees), or None before any."""
+
+    done: int
+    classifier: Any = None
+
+
+@dataclass(frozen=True)
 class Progress:
-    """Where training stands after a chunk: units done (epochs, iterations or trees)."""
+    """Where training stands: units done out of the limit, and numbers measured then."""
 
     done: int
     total: int
-    val_accuracy: float
+    val_accuracy: float | None
     loss: float | None
 
 
-class ChunkedFit(Protocol):
-    total: int
+@dataclass(frozen=True)
+class FitOutcome:
+    """How the fit ended: units done, the limit, and whether it converged by ``tol``
+    (None for the forest, which has no convergence criterion: it grows every tree)."""
+
     done: int
-
-    def fit_chunk(self) -> Progress: ...
-
-    def model(self) -> Pipeline | None:
-        """The model as trained so far, or None before the first chunk."""
+    total: int
+    converged: bool | None
 
 
-class LinearFit:
-    """Logistic regression (one saga epoch per chunk) or linear SVM (hinge SGD batches)."""
-
-    def __init__(self, plan: TrainingPlan, split: Split) -> None:
-        self._split = split
-        self._family = plan.model_family
-        self._scaler = StandardScaler().fit(split.x_train)
-        self._x_train = self._scaler.transform(split.x_train)
-        self._x_val = self._scaler.transform(split.x_val)
-        c_value = plan.value("C")
-        assert isinstance(c_value, float)
-        total = plan.value("max_iter")
-        assert isinstance(total, int)
-        self.total = total
-        self.done = 0
-        self._estimator: LogisticRegression | SGDClassifier
-        if self._family == "logistic_regression":
-            self._per_chunk = 1
-            self._estimator = LogisticRegression(
-                solver="saga", C=c_value, max_iter=1, tol=0.0, warm_start=True,
-                random_state=plan.seed,
-            )  # fmt: skip
-        else:
-            self._per_chunk = max(1, math.ceil(total / MAX_PROGRESS_EVENTS))
-            # SGD's alpha is the per-sample regularization that matches LinearSVC's C.
-            self._estimator = SGDClassifier(
-                loss="hinge", alpha=1.0 / (c_value * len(self._x_train)),
-                random_state=plan.seed,
-            )  # fmt: skip
-
-    def fit_chunk(self) -> Progress:
-        steps = min(self._per_chunk, self.total - self.done)
-        with warnings.catch_warnings():
-            # One epoch per call never "converges"; the warning would flood the log.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for _ in range(steps):
-                if isinstance(self._estimator, LogisticRegression):
-                    self._estimator.fit(self._x_train, self._split.y_train)
-                else:
-                    self._estimator.partial_fit(
-                        self._x_train, self._split.y_train, classes=self._split.classes
-                    )
-        self.done += steps
-        val_accuracy = float(self._estimator.score(self._x_val, self._split.y_val))
-        if isinstance(self._estimator, LogisticRegression):
-            probabilities = self._estimator.predict_proba(self._x_train)
-            loss = log_loss(self._split.y_train, probabilities, labels=self._estimator.classes_)
-        else:
-            decision = self._estimator.decision_function(self._x_train)
-            loss = hinge_loss(self._split.y_train, decision, labels=self._split.classes)
-        return Progress(self.done, self.total, val_accuracy, float(loss))
-
-    def model(self) -> Pipeline | None:
-        if self.done == 0:
-            return None
-        return Pipeline([("scaler", self._scaler), ("classifier", self._estimator)])
+def _sample(rows: int, seed: int) -> Array:
+    """Indices of at most PROGRESS_SAMPLE_ROWS rows, the same for every event."""
+    if rows <= PROGRESS_SAMPLE_ROWS:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, PROGRESS_SAMPLE_ROWS, replace=False))
 
 
-class ForestFit:
-    """A random forest grown a batch of trees per chunk.
+class FamilyFit:
+    """One family's fit: ``run`` in the worker thread; the rest from the main thread."""
 
-    Validation accuracy is kept up to date by adding each new tree's votes to a running
-    sum, so a progress event costs one tree's prediction, not the whole forest's."""
+    family = ""
 
     def __init__(self, plan: TrainingPlan, split: Split) -> None:
-        self._split = split
+        self.split = split
+        self.seed = plan.seed
+        self.total = 0
+        self.snapshot = Snapshot(0)  # replaced (never mutated) by the worker
+        self.outcome: FitOutcome | None = None
+        self._val_rows = _sample(len(split.y_val), plan.seed)
+        self._train_rows = _sample(len(split.y_train), plan.seed + 1)
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask the worker to stop at its next boundary (a cancel; it may not get there)."""
+        self._stop.set()
+
+    def pipeline(self, classifier: Any) -> Pipeline:
+        return Pipeline([("classifier", classifier)])
+
+    def model(self) -> Pipeline | None:
+        """The model as trained so far (the final one once ``outcome`` is set)."""
+        classifier = self.snapshot.classifier
+        return None if classifier is None else self.pipeline(classifier)
+
+    def measure(self, snapshot: Snapshot) -> tuple[float | None, float | None]:
+        """(validation accuracy, training loss) of ``snapshot`` on the bounded samples."""
+        raise NotImplementedError
+
+
+class _LinearFit(FamilyFit):
+    """Shared by the linear families: standardized features, coefficients as the state."""
+
+    def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        super().__init__(plan, split)
+        self.scaler = StandardScaler().fit(split.x_train)
+        self.x_train = self.scaler.transform(split.x_train)
+        self.x_val = self.scaler.transform(split.x_val)
+        limit = plan.value("max_iter")
+        assert isinstance(limit, int)
+        self.total = limit
+
+    def pipeline(self, classifier: Any) -> Pipeline:
+        return Pipeline([("scaler", self.scaler), ("classifier", classifier)])
+
+    def measure(self, snapshot: Snapshot) -> tuple[float | None, float | None]:
+        classifier = snapshot.classifier
+        if classifier is None:
+            return None, None
+        # Straight from the coefficients: one product per sample, none of the input
+        # checks a predict() call repeats every time.
+        x_val = self.x_val[self._val_rows]
+        y_val = self.split.y_val[self._val_rows]
+        scores = x_val @ classifier.coef_.T + classifier.intercept_
+        if scores.shape[1] == 1:
+            predicted = self.split.classes[(scores[:, 0] > 0).astype(int)]
+        else:
+            predicted = self.split.classes[np.argmax(scores, axis=1)]
+        return float(np.mean(predicted == y_val)), self.loss(classifier)
+
+    def loss(self, classifier: Any) -> float | None:
+        raise NotImplementedError
+
+    def _finish(self, estimator: Any, iterations: int) -> None:
+        self.snapshot = Snapshot(iterations, estimator)
+        self.outcome = FitOutcome(iterations, self.total, converged=iterations < self.total)
+
+
+class LogisticFit(_LinearFit):
+    family = "logistic_regression"
+
+    def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        # Each family imports only its own estimator: the others' modules cost start-up.
+        from sklearn.linear_model import LogisticRegression
+
+        super().__init__(plan, split)
+        self.estimator = LogisticRegression(
+            C=plan.value("C"), max_iter=self.total, tol=plan.value("tol"),
+            random_state=plan.seed,
+        )  # fmt: skip
+        self._template = clone(self.estimator)
+
+    def run(self) -> None:
+        observer = _IterationObserver(self)
+        observed = observer.attach(self.estimator)
+        try:
+            self.estimator.fit(self.x_train, self.split.y_train)
+        finally:
+            if observed:
+                # The saved model must unpickle with scikit-learn alone.
+                self.estimator.set_callbacks()
+        self._finish(self.estimator, int(np.max(self.estimator.n_iter_)))
+
+    def observed(self, iteration: int, coef: Array, intercept: Array) -> None:
+        """One L-BFGS iteration finished (called in the worker by the observer)."""
+        classifier = copy.copy(self._template)
+        classifier.coef_ = coef
+        classifier.intercept_ = intercept
+        classifier.classes_ = self.split.classes
+        classifier.n_features_in_ = self.x_train.shape[1]
+        classifier.n_iter_ = np.array([iteration], dtype=np.int32)
+        self.snapshot = Snapshot(iteration, classifier)
+
+    def loss(self, classifier: Any) -> float | None:
+        """Mean log loss on the training sample (multinomial, or logistic for two classes)."""
+        x_train = self.x_train[self._train_rows]
+        target = np.searchsorted(self.split.classes, self.split.y_train[self._train_rows])
+        scores = x_train @ classifier.coef_.T + classifier.intercept_
+        if scores.shape[1] == 1:
+            margin = np.where(target == 1, scores[:, 0], -scores[:, 0])
+            return float(np.mean(np.logaddexp(0.0, -margin)))
+        top = np.max(scores, axis=1)
+        log_norm = top + np.log(np.sum(np.exp(scores - top[:, None]), axis=1))
+        return float(np.mean(log_norm - scores[np.arange(len(target)), target]))
+
+
+class _IterationObserver:
+    """A scikit-learn fit callback (``sklearn.callback``, 1.9+) that hands each L-BFGS
+    iteration's coefficients to the fit. It only reads: it never asks to stop."""
+
+    def __init__(self, fit: LogisticFit) -> None:
+        self._fit = fit
+        self._iterations = 0
+
+    def attach(self, estimator: Any) -> bool:
+        """Set as ``estimator``'s callback; False where scikit-learn has no callbacks."""
+        try:
+            from sklearn.callback import FitCallback
+        except ImportError:
+            return False
+        if not isinstance(self, FitCallback) or not hasattr(estimator, "set_callbacks"):
+            return False
+        estimator.set_callbacks(self)
+        return True
+
+    def setup(self, estimator: Any, context: Any) -> None:
+        return None
+
+    def teardown(self, estimator: Any, context: Any) -> None:
+        return None
+
+    def on_fit_task_begin(self, estimator: Any, context: Any) -> None:
+        return None
+
+    def on_fit_task_end(
+        self, estimator: Any, context: Any, *, fitted_estimator: Any = None
+    ) -> bool:
+        if fitted_estimator is not None and getattr(context, "task_name", "") == "lbfgs-iter":
+            self._iterations += 1
+            self._fit.observed(
+                self._iterations,
+                np.array(fitted_estimator.coef_),
+                np.array(fitted_estimator.intercept_),
+            )
+        return False
+
+
+class LinearSvcFit(_LinearFit):
+    family = "linear_svc"
+
+    def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        from sklearn.svm import LinearSVC
+
+        super().__init__(plan, split)
+        self.estimator = LinearSVC(
+            C=plan.value("C"), max_iter=self.total, tol=plan.value("tol"),
+            random_state=plan.seed,
+        )  # fmt: skip
+
+    def run(self) -> None:
+        self.estimator.fit(self.x_train, self.split.y_train)
+        self._finish(self.estimator, int(self.estimator.n_iter_))
+
+    def loss(self, classifier: Any) -> float | None:
+        x_train = self.x_train[self._train_rows]
+        decision = classifier.decision_function(x_train)
+        y_train = self.split.y_train[self._train_rows]
+        return float(hinge_loss(y_train, decision, labels=self.split.classes))
+
+
+class ForestFit(FamilyFit):
+    """A random forest grown in timed batches of trees with ``warm_start``.
+
+    Validation accuracy is kept by adding each new tree's votes to a running sum (on the
+    main thread, when an event is due), so an event costs the new trees' predictions,
+    not the whole forest's."""
+
+    family = "random_forest"
+
+    def __init__(self, plan: TrainingPlan, split: Split) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        super().__init__(plan, split)
         total = plan.value("n_estimators")
         assert isinstance(total, int)
         self.total = total
-        self.done = 0
-        self._per_chunk = max(1, math.ceil(total / MAX_PROGRESS_EVENTS))
-        self._forest = RandomForestClassifier(
-            n_estimators=0,
+        self.forest = RandomForestClassifier(
+            n_estimators=1,
             warm_start=True,
             max_depth=plan.value("max_depth"),
             min_samples_leaf=plan.value("min_samples_leaf"),
@@ -155,26 +317,83 @@ class ForestFit:
             random_state=plan.seed,
             n_jobs=1,
         )
-        self._vote_sum = np.zeros((len(split.x_val), len(split.classes)))
+        self._votes = np.zeros((len(self._val_rows), len(split.classes)))
+        self._voted = 0
 
-    def fit_chunk(self) -> Progress:
-        target = min(self.total, self.done + self._per_chunk)
-        self._forest.set_params(n_estimators=target)
-        self._forest.fit(self._split.x_train, self._split.y_train)
-        for tree in self._forest.estimators_[self.done : target]:
-            self._vote_sum += tree.predict_proba(self._split.x_val)
-        self.done = target
-        predicted = self._forest.classes_[np.argmax(self._vote_sum, axis=1)]
-        val_accuracy = float(np.mean(predicted == self._split.y_val))
-        return Progress(self.done, self.total, val_accuracy, None)
+    def run(self) -> None:
+        batch = 1
+        done = 0
+        while done < self.total and not self._stop.is_set():
+            target = min(self.total, done + batch)
+            self.forest.set_params(n_estimators=target)
+            started = time.monotonic()
+            self.forest.fit(self.split.x_train, self.split.y_train)
+            per_tree = (time.monotonic() - started) / (target - done)
+            done = target
+            self.snapshot = Snapshot(done, self._frozen_copy())
+            batch = max(1, min(self.total, int(FOREST_BATCH_S / max(per_tree, 1e-6))))
+        if done == self.total:
+            self.forest.set_params(warm_start=False)
+            self.snapshot = Snapshot(done, self.forest)
+            self.outcome = FitOutcome(done, self.total, converged=None)
 
-    def model(self) -> Pipeline | None:
-        if self.done == 0:
-            return None
-        return Pipeline([("classifier", self._forest)])
+    def _frozen_copy(self) -> Any:
+        """The forest as of now, unaffected by the trees the worker grows next."""
+        frozen = copy.copy(self.forest)
+        frozen.estimators_ = list(self.forest.estimators_)
+        frozen.set_params(n_estimators=len(frozen.estimators_), warm_start=False)
+        return frozen
+
+    def measure(self, snapshot: Snapshot) -> tuple[float | None, float | None]:
+        forest = snapshot.classifier
+        if forest is None:
+            return None, None
+        x_val = self.split.x_val[self._val_rows]
+        y_val = self.split.y_val[self._val_rows]
+        for tree in forest.estimators_[self._voted : snapshot.done]:
+            self._votes += tree.predict_proba(x_val)
+        self._voted = max(self._voted, snapshot.done)
+        predicted = forest.classes_[np.argmax(self._votes, axis=1)]
+        return float(np.mean(predicted == y_val)), None
 
 
-def start_fit(plan: TrainingPlan, split: Split) -> ChunkedFit:
+def start_fit(plan: TrainingPlan, split: Split) -> FamilyFit:
     if plan.model_family == "random_forest":
         return ForestFit(plan, split)
-    return LinearFit(plan, split)
+    if plan.model_family == "linear_svc":
+        return LinearSvcFit(plan, split)
+    return LogisticFit(plan, split)
+
+
+class FitWorker:
+    """Runs ``fit.run`` in a daemon thread and keeps what it raised.
+
+    A daemon thread because a cancel does not wait for it: the main thread flushes what
+    is finished and the process exits (``os._exit``) with the worker still inside a
+    solver that cannot be interrupted."""
+
+    def __init__(self, fit: FamilyFit) -> None:
+        self.fit = fit
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=FIT_THREAD_NAME, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # Reaching max_iter is reported in the run's events and log, not as a warning.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.fit.run()
+        except BaseException as error:  # handed to the main thread, which decides
+            self.error = error
+        finally:
+            self.finished.set()
+
+
+def fit_thread_running() -> bool:
+    """True while a fit worker is still inside scikit-learn (after a cancel)."""
+    return any(
+        thread.name == FIT_THREAD_NAME and thread.is_alive() for thread in threading.enumerate()
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import time
 from collections.abc import Iterator
 
@@ -20,6 +21,11 @@ from runforge_protocol.discovery import Endpoints
 
 class DaemonUnavailable(Exception):
     """The daemon is not running, or did not answer in time."""
+
+
+class DaemonTimeout(DaemonUnavailable):
+    """The daemon's socket is there but no reply came in time (the request may have been
+    acted on)."""
 
 
 class DaemonError(Exception):
@@ -59,10 +65,46 @@ class Client:
             f"start it with 'runforgectl daemon start'"
         )
 
+    def check_runtime_dir(self) -> None:
+        """The daemon's own rule, checked before connecting: the runtime directory must be
+        a directory owned by this user and closed to everyone else, or the socket in it may
+        be someone else's daemon (TRUST_MODEL.md). Raises :class:`DaemonUnavailable`."""
+        path = self.endpoints.runtime_dir
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise DaemonUnavailable(self.not_running_message()) from None
+        except PermissionError:
+            raise DaemonUnavailable(
+                f"permission denied on the runtime directory {path} (another user's?); "
+                f"use your own with --runtime-dir or RUNFORGE_RUNTIME_DIR"
+            ) from None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise DaemonUnavailable(
+                f"the runtime directory {path} is not a directory (or is a symlink); "
+                f"refusing to connect"
+            )
+        if st.st_uid != os.getuid():
+            raise DaemonUnavailable(
+                f"the runtime directory {path} belongs to uid {st.st_uid}, not to you (uid "
+                f"{os.getuid()}); refusing to talk to a daemon there. Use your own with "
+                f"--runtime-dir or RUNFORGE_RUNTIME_DIR"
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise DaemonUnavailable(
+                f"the runtime directory {path} has mode {mode:04o}: others could have put "
+                f"the socket there; refusing to connect. Fix it with: chmod 700 {path}"
+            )
+        control = self.endpoints.control_path
+        if not control.exists():
+            raise DaemonUnavailable(self.not_running_message())
+        if not os.access(control, os.R_OK | os.W_OK):
+            raise DaemonUnavailable(f"permission denied on the daemon's socket {control}")
+
     def _control_socket(self) -> zmq.Socket[bytes]:
         if self._control is None:
-            if not self.endpoints.control_path.exists():
-                raise DaemonUnavailable(self.not_running_message())
+            self.check_runtime_dir()
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoints.control)
@@ -74,7 +116,8 @@ class Client:
         sock = self._control_socket()
         request.id = f"{self._prefix}{next(self._ids)}"
         sock.send(m.encode(request))
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
@@ -83,8 +126,8 @@ class Client:
                 self._control = None
                 if not self.endpoints.control_path.exists():
                     raise DaemonUnavailable(self.not_running_message())
-                raise DaemonUnavailable(
-                    f"runforged did not answer within {self.timeout_s:g} s on "
+                raise DaemonTimeout(
+                    f"runforged did not answer within {wait_s:g} s on "
                     f"{self.endpoints.control_path} (raise --timeout, or check "
                     f"'runforgectl status')"
                 )
@@ -105,6 +148,7 @@ class Client:
         request whose events you want, then allow for ZeroMQ's subscription delay by
         replaying what was missed)."""
         if self._events is None:
+            self.check_runtime_dir()
             sock = self._ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 200_000)

@@ -3,6 +3,7 @@ duplicate; plus the progress and countdown displays built on it."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any, TextIO
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforgectl.client import Client, DaemonUnavailable
-from runforgectl.output import duration
+from runforgectl.output import duration, truncate
 
 # With no event for this long, ask the daemon directly (covers a terminal event that was
 # published before our subscription took effect).
@@ -97,7 +98,9 @@ class ProgressDisplay:
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
-        self.tty = self.out.isatty()
+        # A redrawn line needs a terminal that understands "\r" and erase-line; a dumb one
+        # gets the plain, throttled lines a pipe gets.
+        self.tty = self.out.isatty() and os.environ.get("TERM", "") != "dumb"
         self.started: float | None = None
         # Steps are timed from train_started: queueing and start-up are not training.
         self.training_started: float | None = None
@@ -109,7 +112,9 @@ class ProgressDisplay:
 
     def _status(self, text: str, *, force: bool = False) -> None:
         if self.tty:
-            self.out.write("\r\033[K" + text)
+            # Cut to the terminal's width (asked each time: it may be resized): a line that
+            # wraps cannot be redrawn and leaves stale rows behind.
+            self.out.write("\r\033[K" + truncate(text, self._columns() - 1))
             self._line_open = True
         else:
             now = time.monotonic()
@@ -118,6 +123,12 @@ class ProgressDisplay:
             self._last_status = now
             self.out.write(text + "\n")
         self.out.flush()
+
+    def _columns(self) -> int:
+        try:
+            return max(10, os.get_terminal_size(self.out.fileno()).columns)
+        except (OSError, ValueError):
+            return 80
 
     def _say(self, text: str) -> None:
         if self._line_open:

@@ -20,26 +20,59 @@ def print_json(value: Any, out: TextIO | None = None) -> None:
     stream.flush()
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide and fullwidth characters (CJK,
+    most emoji) take two, combining marks and format characters none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - display_width(text))
+
+
+def truncate(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` columns (an ellipsis marks the cut)."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for char in text:
+        w = display_width(char)
+        if used + w > width - 1:
+            break
+        out.append(char)
+        used += w
+    return "".join(out) + "…"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
     stream = out or sys.stdout
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    widths = [display_width(h) for h in headers]
     for row in cells:
         for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    line = "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()
+            widths[i] = max(widths[i], display_width(value))
+    line = "  ".join(pad(h, widths[i]) for i, h in enumerate(headers)).rstrip()
     stream.write(line + "\n")
     stream.write("  ".join("-" * w for w in widths) + "\n")
     for row in cells:
-        stream.write("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip() + "\n")
+        stream.write("  ".join(pad(v, widths[i]) for i, v in enumerate(row)).rstrip() + "\n")
 
 
 def key_values(pairs: Iterable[tuple[str, Any]], out: TextIO | None = None) -> None:
     stream = out or sys.stdout
     items = [(k, _cell(v)) for k, v in pairs]
-    width = max((len(k) for k, _ in items), default=0)
+    width = max((display_width(k) for k, _ in items), default=0)
     for key, value in items:
-        stream.write(f"{key.ljust(width)}  {value}\n")
+        stream.write(f"{pad(key, width)}  {value}\n")
 
 
 def flatten(document: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -88,11 +121,22 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+# Every fractional number is shown with this many decimals, so that columns line up and
+# 1.0 never reads as the integer 1.
+DECIMALS = 4
+
+
+def number(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    return f"{value:.{DECIMALS}f}" if abs(value) < 1e9 else f"{value:.{DECIMALS}e}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.4g}"
+        return number(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if hasattr(value, "value") and not isinstance(value, (int, str)):

@@ -32,12 +32,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
         ("skipped", len(report.get("skipped", []))),
         ("cancelled, excluded", len(report.get("cancelled_excluded", []))),
     ]
-    for key, label in (
-        ("in_flight", "in flight, left alone"),
-        ("corrupt_index_kept_as", "corrupt index kept as"),
-    ):
-        if report.get(key):
-            rows.append((label, report[key]))
+    if report.get("in_flight"):
+        rows.append(("in flight, left alone", report["in_flight"]))
+    # One row per path: a path is shown as a path, never as a list.
+    rows += [("corrupt index kept as", path) for path in report.get("corrupt_index_kept_as", [])]
     rows.append(("recovered at", report.get("recovered_at", "")))
     return rows
 

@@ -38,7 +38,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.epilog = (
+        "environment: RUNFORGE_RUNTIME_DIR (sockets), RUNFORGE_CONFIG_DIR (config, trust "
+        "store), RUNFORGE_STATE_DIR (in-flight records, --detach log; default "
+        "$XDG_STATE_HOME/runforge), NO_COLOR (plain console logs), JOURNAL_STREAM (set by "
+        "systemd: syslog priority prefixes). exit status: 0 stopped cleanly, 1 could not start."
+    )
     return parser.parse_args(argv)
+
+
+def _version() -> str:
+    from runforge_protocol.messages import PROTOCOL_VERSION
+    from runforged import __version__
+
+    return f"runforged {__version__} (protocol {PROTOCOL_VERSION})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +92,12 @@ def detach(endpoints: Endpoints, args: argparse.Namespace) -> int:
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "runforged", "--runtime-dir", str(endpoints.runtime_dir)]
     argv += ["--log-level", args.log_level, "--log-format", args.log_format or "json"]
-    log_path = endpoints.runtime_dir / "runforged.log"
+    # Logs are state, not runtime data: they must survive a logout's tmpfs cleanup.
+    from runforged.durable_state import state_dir
+
+    log_dir = state_dir()
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = log_dir / "runforged.log"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     with os.fdopen(log_fd, "ab") as log_file:
         subprocess.Popen(

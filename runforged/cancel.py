@@ -46,11 +46,15 @@ class CancelController:
     On the first request it records the intent (the caller persists it), sends SIGTERM to
     the trainer only — signalling data-loader workers at the same moment would kill them
     before the trainer can flush — and arms the deadline at now + grace; grace 0 kills at
-    once. Until the trainer exits or the deadline passes it publishes its own countdown,
-    the whole seconds left to the deadline (grace 5: 5, 4, 3, 2, 1), the first value at
-    once and each next one when that many seconds remain. At the deadline, a trainer still
-    alive gets its whole tree killed. When the trainer exits the countdown stops and any
-    leftover process of the tree is killed, cancel or not: nothing of a run outlives it.
+    once. SIGTERM goes only to a trainer that has announced ``run_start`` (by then its
+    handler is installed; before it, SIGTERM's default action would kill it with nothing
+    flushed): a request that comes earlier holds the signal until the announcement
+    (``trainer_announced``), within the same deadline. Until the trainer exits or the
+    deadline passes it publishes its own countdown, the whole seconds left to the
+    deadline (grace 5: 5, 4, 3, 2, 1), the first value at once and each next one when that
+    many seconds remain. At the deadline, a trainer still alive gets its whole tree killed.
+    When the trainer exits the countdown stops and any leftover process of the tree is
+    killed, cancel or not: nothing of a run outlives it.
 
     A request while cancelling neither re-sends SIGTERM nor re-arms or extends the
     deadline; an explicit grace that ends strictly earlier than the current deadline moves
@@ -66,6 +70,7 @@ class CancelController:
         send_term: Callable[[], object],
         kill_tree: Callable[[], object],
         publish_countdown: Callable[[int], None],
+        announced: bool = False,
     ) -> None:
         if not _is_valid_grace(default_grace_s):
             raise ValueError(f"default grace must be >= 0 seconds, got {default_grace_s!r}")
@@ -78,6 +83,10 @@ class CancelController:
         self.cancel_requested = False
         self.killed = False  # the deadline passed with the trainer alive: tree SIGKILLed
         self.trainer_has_exited = False
+        # run_start seen: the trainer's SIGTERM handler is in place (``announced=True`` for
+        # a trainer known to be past that point, e.g. one re-attached after a restart).
+        self.trainer_announced_start = announced
+        self._term_held = False  # a SIGTERM waiting for run_start
         self.deadline: float | None = None  # on the injected clock
         self._deadline_handle: Cancellable | None = None
         self._countdown_handle: Cancellable | None = None
@@ -91,6 +100,7 @@ class CancelController:
         send_term: Callable[[], object],
         kill_tree: Callable[[], object],
         publish_countdown: Callable[[int], None],
+        announced: bool = False,
     ) -> CancelController:
         """The controller on an asyncio loop's clock and timers (call it on the loop)."""
         return cls(
@@ -100,6 +110,7 @@ class CancelController:
             send_term=send_term,
             kill_tree=kill_tree,
             publish_countdown=publish_countdown,
+            announced=announced,
         )
 
     def request(self, grace_s: float | None = None) -> CancelRequestOutcome:
@@ -122,7 +133,10 @@ class CancelController:
             self.cancel_requested = True
             grace = self.default_grace_s if grace_s is None else grace_s
             if grace > 0:
-                self._send_term()
+                if self.trainer_announced_start:
+                    self._send_term()
+                else:
+                    self._term_held = True
             self._arm(now, now + grace)
             return CancelRequestOutcome(
                 already_cancelling=False, shortened=False, deadline_in_s=grace
@@ -136,6 +150,14 @@ class CancelController:
             shortened=shortened,
             deadline_in_s=max(0.0, self.deadline - now),
         )
+
+    def trainer_announced(self) -> None:
+        """The trainer emitted ``run_start``: deliver a SIGTERM held for it, if the
+        deadline has not passed meanwhile."""
+        self.trainer_announced_start = True
+        if self._term_held and not self.trainer_has_exited and not self.killed:
+            self._term_held = False
+            self._send_term()
 
     def trainer_exited(self) -> None:
         """The trainer is gone: stop the countdown and the deadline, kill what it left."""
@@ -162,6 +184,7 @@ class CancelController:
             )
 
     def _deadline_reached(self) -> None:
+        self._term_held = False
         self._stop_timers()
         if not self.trainer_has_exited:
             self.killed = True

@@ -3,11 +3,13 @@ per daemon (settings, trust, probes, runs, indexes, executors, the server itself
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import structlog
@@ -26,7 +28,16 @@ from runforged.probes import InterpreterProbes, choose_device
 from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
 from runforged.server import Daemon
-from runforged.settings import ResolvedSettings, SettingSource, config_dir, resolve_settings
+from runforged.settings import (
+    Device,
+    ModelFamily,
+    Preset,
+    Profile,
+    ResolvedSettings,
+    SettingSource,
+    config_dir,
+    resolve_settings,
+)
 from runforged.supervisor import LiveRun, RunSupervisor
 from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
@@ -34,6 +45,87 @@ from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
 log = structlog.get_logger("runforged.context")
 
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+BUNDLED_RUNNER = "runforge_runner"
+
+# Each choice a Train request may make, with its option in runforgectl.
+_TRAIN_CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("preset", "--preset", get_args(Preset)),
+    ("model", "--model", get_args(ModelFamily)),
+    ("profile", "--profile", get_args(Profile)),
+    ("device", "--device", get_args(Device)),
+)
+
+
+def check_train_request(request: Train) -> None:
+    """The request's own fields, before settings are read or anything is created: a bad
+    choice is a BAD_REQUEST naming the field and the valid values (every client gets the
+    same answer runforgectl's parser gives)."""
+    for field, option, allowed in _TRAIN_CHOICES:
+        value = getattr(request, field)
+        if value is not None and value not in allowed:
+            raise RunforgeError(
+                ErrorCode.BAD_REQUEST,
+                f"invalid {field} {value!r}; valid: {', '.join(allowed)}",
+                f"use {option} with one of: {', '.join(allowed)}",
+                {"field": field, "value": value, "valid": list(allowed)},
+            )
+    if request.grace_s is not None and not (
+        math.isfinite(request.grace_s) and request.grace_s >= 0
+    ):
+        raise RunforgeError(
+            ErrorCode.BAD_REQUEST,
+            f"grace must be a number of seconds >= 0, got {request.grace_s!r}",
+            "pass --grace 0 to kill at once, or a positive number of seconds",
+            {"field": "grace_s", "value": request.grace_s},
+        )
+    if request.label is not None and not request.label.strip():
+        raise RunforgeError(
+            ErrorCode.BAD_REQUEST,
+            "the label column name is empty",
+            "pass --label COLUMN with the name of a column of the dataset",
+            {"field": "label"},
+        )
+
+
+def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
+    """Every ``--param`` before anything is created: names always; with the bundled runner
+    also each name against the model family's hyperparameters and each value against its
+    parser (the runner's own table), so a bad value never costs a run folder."""
+    for name in params:
+        if not PARAM_NAME.match(name):
+            raise RunforgeError(
+                ErrorCode.BAD_REQUEST,
+                f"invalid parameter name {name!r}",
+                "use --param NAME=VALUE with NAME made of letters, digits and _",
+                {"field": "params", "param": name},
+            )
+    if settings.ml_runner_module != BUNDLED_RUNNER:
+        return  # a custom runner has its own parameters and checks them itself
+    from runforge_runner.contract import TrainerError
+    from runforge_runner.params import PARAM_SPECS
+
+    specs = PARAM_SPECS.get(settings.model_family, {})
+    for name, raw in params.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise RunforgeError(
+                ErrorCode.BAD_REQUEST,
+                f"unknown parameter {name!r} for {settings.model_family}; valid: "
+                + ", ".join(specs),
+                f"use one of {', '.join(specs)} (runforgectl train --param NAME=VALUE)",
+                {"field": "params", "param": name, "valid": list(specs)},
+            )
+        try:
+            spec.parse(name, raw)
+        except TrainerError as exc:
+            raise RunforgeError(
+                ErrorCode.BAD_REQUEST,
+                str(exc),
+                f"{name}: {spec.meaning}",
+                {"field": "params", "param": name, "value": raw},
+            ) from None
 
 
 class DaemonContext:
@@ -100,6 +192,13 @@ class DaemonContext:
             default_python=sys.executable,
         )
 
+    async def read_settings(
+        self, workspace: Path, overrides: dict[str, Any] | None = None
+    ) -> ResolvedSettings:
+        """``settings_for`` off the event loop: the files it parses are the workspace's,
+        of any size up to the cap, and ``ping`` must not wait for them."""
+        return await asyncio.to_thread(self.settings_for, workspace, overrides)
+
     async def orphans(self, workspace: Path) -> list[OrphanInfo]:
         writer = await self.indexes.get(workspace)
         return await writer.orphans(self.supervisor.in_flight_ids(workspace))
@@ -110,7 +209,7 @@ class DaemonContext:
             workspace=str(workspace), trusted=False, orphans=await self.orphans(workspace)
         )
         try:
-            settings = self.settings_for(workspace)
+            settings = await self.read_settings(workspace)
             status.settings = msgspec.to_builtins(settings)
             trusted = self.trust.require(str(workspace))
         except RunforgeError as exc:
@@ -139,6 +238,7 @@ class DaemonContext:
         if not self.supervisor.accepting:
             raise RunforgeError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
         workspace = paths.validate_workspace(request.workspace)
+        check_train_request(request)
         overrides = {
             key: value
             for key, value in (
@@ -146,6 +246,7 @@ class DaemonContext:
                 ("modelFamily", request.model),
                 ("profile", request.profile),
                 ("datasetPath", request.dataset),
+                ("labelColumn", request.label),
                 ("device", request.device),
                 ("cancelGraceSeconds", request.grace_s),
                 ("executor", request.executor),
@@ -153,16 +254,9 @@ class DaemonContext:
             )
             if value is not None
         }
-        settings = self.settings_for(workspace, overrides)
+        settings = await self.read_settings(workspace, overrides)
         trusted = self.trust.require(str(workspace))
-        for name in request.params:
-            if not PARAM_NAME.match(name):
-                raise RunforgeError(
-                    ErrorCode.BAD_REQUEST,
-                    f"invalid parameter name {name!r}",
-                    "use --param NAME=VALUE with NAME made of letters, digits and _",
-                    {"param": name},
-                )
+        check_params(settings, request.params)
         dataset = self._dataset(workspace, settings)
         placement: RayPlacement | None = None
         if settings.executor == RayExecutor.name:
@@ -198,6 +292,8 @@ class DaemonContext:
         ]
         if request.seed is not None:
             argv.append(f"--seed={request.seed}")
+        if settings.label_column is not None:
+            argv.append(f"--label={settings.label_column}")
         argv += [f"--param={k}={v}" for k, v in request.params.items()]
         record = RequestRecord(
             run_id=run_id,

@@ -161,6 +161,12 @@ class RunIndex:
         """Whether index.json existed when this process last looked."""
         return self._file_exists
 
+    @property
+    def corrupt_kept_as(self) -> tuple[str, ...]:
+        """The same paths as ``take_corrupt_kept_as``, without forgetting them (for
+        ``runs``, which mentions them; the recovery report then takes them)."""
+        return tuple(self._corrupt_kept_as)
+
     def take_corrupt_kept_as(self) -> list[str]:
         """Workspace-relative paths of corrupt index files moved aside since the last call."""
         kept, self._corrupt_kept_as = self._corrupt_kept_as, []

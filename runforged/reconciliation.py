@@ -118,6 +118,9 @@ async def _reconcile_one(
                 send_term=handle.signal_trainer,
                 kill_tree=handle.kill_tree,
                 publish_countdown=lambda _seconds: None,  # nobody can be subscribed yet
+                # A trainer that outlived the daemon is long past installing its handler
+                # (and its run_start may not have reached events.jsonl): signal it at once.
+                announced=True,
             )
             controller.request()
             await handle.wait()

@@ -10,7 +10,8 @@ Which source may set which key:
 key                           user  workspace  request
 ============================  ====  =========  =======
 pythonPath, mlRunnerModule    yes   yes        yes
-datasetPath, modelFamily      yes   yes        yes
+datasetPath, labelColumn      yes   yes        yes
+modelFamily                   yes   yes        yes
 profile, preset, device       yes   yes        yes
 cancelGraceSeconds            yes   yes        yes
 maxConcurrentRuns             yes   yes        no
@@ -24,7 +25,9 @@ A workspace is someone else's repository as often as it is the user's own, so it
 raise a limit that protects the whole machine; a global key found in a workspace file is
 ignored with a warning. Limits are daemon policy, not a property of one run, so requests
 cannot set them. Unknown keys are ignored with a warning; a wrong type or value is a
-``SETTINGS_INVALID`` error naming the file, the key and the line.
+``SETTINGS_INVALID`` error naming the file, the key and the line. A settings file larger
+than ``MAX_SETTINGS_FILE_BYTES`` is refused with the same error rather than read (a
+workspace may be hostile); reading is done off the event loop (``Services``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import enum
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from runforged.ray_jobs import check_address
 
 # --- JSONC -------------------------------------------------------------------------------
 
+MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
 _MAX_DEPTH = 256  # deeper nesting is hostile, not a settings file; fail before Python does
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]*')
@@ -70,9 +75,18 @@ class _JsoncParser:
         self.pos = 1 if text.startswith("\ufeff") else 0
         # Line of each key of the top-level object, so settings errors can point at it.
         self.top_level_key_lines: dict[str, int] = {}
+        # Lines are counted forward from the last position asked about, so that the parse
+        # stays linear in the size of the file (asking from the start each time was
+        # quadratic: 7 s for a 570 KiB settings.json).
+        self._line_pos = 0
+        self._line = 1
 
     def line_at(self, pos: int) -> int:
-        return self.text.count("\n", 0, pos) + 1
+        if pos < self._line_pos:  # only error paths go backwards
+            return self.text.count("\n", 0, pos) + 1
+        self._line += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line
 
     def error(self, message: str, pos: int | None = None) -> JsoncError:
         at = self.pos if pos is None else pos
@@ -288,6 +302,7 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     python_path: str
     ml_runner_module: str
     dataset_path: str | None
+    label_column: str | None
     model_family: ModelFamily
     profile: Profile
     preset: Preset
@@ -328,6 +343,14 @@ def _path_string(value: Any) -> Any:
 
 def _optional_path_string(value: Any) -> Any:
     return None if value is None else _path_string(value)
+
+
+def _optional_column(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\0" in value or "\n" in value:
+        raise _InvalidValue("a column name (a non-empty string on one line)")
+    return value
 
 
 def _module_name(value: Any) -> Any:
@@ -402,6 +425,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("pythonPath", "python_path", _path_string),
     _Setting("mlRunnerModule", "ml_runner_module", _module_name),
     _Setting("datasetPath", "dataset_path", _optional_path_string),
+    _Setting("labelColumn", "label_column", _optional_column),
     _Setting("modelFamily", "model_family", _choice(get_args(ModelFamily))),
     _Setting("profile", "profile", _choice(get_args(Profile))),
     _Setting("preset", "preset", _choice(get_args(Preset))),
@@ -430,6 +454,7 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "pythonPath": default_python,
         "mlRunnerModule": "runforge_runner",
         "datasetPath": None,
+        "labelColumn": None,
         "modelFamily": "logistic_regression",
         "profile": "default",
         "preset": "std-train",
@@ -479,10 +504,30 @@ def _invalid(message: str, file: str | None, **details: Any) -> RunforgeError:
 def _read_settings_file(path: Path) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The file's object and key lines, or None if there is no such file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO planted as settings.json must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _invalid(f"settings file {path} is not a regular file", str(path))
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
+    if len(data) > MAX_SETTINGS_FILE_BYTES:
+        raise _invalid(
+            f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES // (1024 * 1024)} "
+            f"MiB; refusing to read it",
+            str(path),
+            limit_bytes=MAX_SETTINGS_FILE_BYTES,
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise _invalid(f"cannot read settings file {path}: {exc}", str(path)) from exc
     try:
         return _parse_jsonc_object(text)

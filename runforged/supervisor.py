@@ -555,7 +555,9 @@ class RunSupervisor:
 
     def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == te.ARTIFACTS_WRITTEN:
+        if kind == te.RUN_START and run.controller is not None:
+            run.controller.trainer_announced()  # its handler is in place: SIGTERM is safe
+        elif kind == te.ARTIFACTS_WRITTEN:
             run.evidence.artifacts_written = True
         elif kind == te.RUN_CANCELLED:
             run.evidence.run_cancelled = True

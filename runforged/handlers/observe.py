@@ -182,7 +182,10 @@ async def list_runs(ctx: DaemonContext, request: ListRuns) -> RunsResult:
     )
     merged = sorted(unindexed + indexed, key=lambda r: r.created_at or "", reverse=True)
     return RunsResult(
-        workspace=str(workspace), runs=rows + merged[: request.limit], orphans=orphans
+        workspace=str(workspace),
+        runs=rows + merged[: request.limit],
+        orphans=orphans,
+        corrupt_index_kept_as=list(index.corrupt_kept_as),
     )
 
 
@@ -271,7 +274,7 @@ async def _inspect(
 ) -> InspectResult:
     """Run one of the runner's inspect commands (a trust-gated Python spawn)."""
     workspace = paths.validate_workspace(workspace_arg)
-    settings = ctx.settings_for(workspace)
+    settings = await ctx.read_settings(workspace)
     trusted = ctx.trust.require(str(workspace))
     inspection = await spawn(
         trusted,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
+from collections import OrderedDict
 
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
@@ -23,8 +25,51 @@ from runforged.errors import RunforgeError
 from runforged.supervisor import LiveRun
 
 
+class TrainRequestKeys:
+    """The runs created for recent ``request_key`` values: a retried ``train`` (the client
+    timed out, the script ran again) gets the run the first attempt created. Concurrent
+    retries wait for the first attempt; a failed attempt forgets its key, so a retry may
+    try again. The most recent ``LIMIT`` keys are kept."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[tuple[str, str], asyncio.Future[LiveRun]] = OrderedDict()
+
+    async def run_for(self, ctx: DaemonContext, request: Train) -> LiveRun:
+        if not request.request_key:
+            return await ctx.start_run(request)
+        key = (request.workspace, request.request_key)
+        known = self._runs.get(key)
+        if known is not None:
+            return await asyncio.shield(known)
+        attempt: asyncio.Future[LiveRun] = asyncio.get_running_loop().create_future()
+        self._runs[key] = attempt
+        while len(self._runs) > self.LIMIT:
+            self._runs.popitem(last=False)
+        try:
+            run = await ctx.start_run(request)
+        except BaseException as exc:
+            self._runs.pop(key, None)
+            if isinstance(exc, Exception):
+                attempt.set_exception(exc)
+                attempt.exception()  # retrieved: no "never retrieved" warning
+            else:
+                attempt.cancel()
+            raise
+        attempt.set_result(run)
+        return run
+
+
+# One table of request keys per daemon context (a daemon has one context).
+_request_keys: weakref.WeakKeyDictionary[DaemonContext, TrainRequestKeys] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def train(ctx: DaemonContext, request: Train) -> TrainResult:
-    run = await ctx.start_run(request)
+    keys = _request_keys.setdefault(ctx, TrainRequestKeys())
+    run = await keys.run_for(ctx, request)
     return TrainResult(run=ctx.supervisor.summary(run))
 
 

@@ -41,7 +41,7 @@ def list_trusted(ctx: DaemonContext, request: ListTrusted) -> TrustResult:
     return TrustResult(path="", changed=False, trusted=_trusted_paths(ctx))
 
 
-def settings(ctx: DaemonContext, request: GetSettings) -> SettingsResult:
+async def settings(ctx: DaemonContext, request: GetSettings) -> SettingsResult:
     workspace = paths.validate_workspace(request.workspace)
-    resolved = ctx.settings_for(workspace)
+    resolved = await ctx.read_settings(workspace)
     return SettingsResult(workspace=str(workspace), settings=msgspec.to_builtins(resolved))

@@ -45,3 +45,26 @@ def test_quick_mode_runs_the_control_figures_and_writes_results_and_report(
             assert isinstance(row["met"], bool)
     text = report.read_text()
     assert "## Results" in text and "| 2 | control round trip (ping), p50 |" in text
+
+
+def test_quick_mode_runs_the_csv_load_figure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick", "--only", "17"),
+            *("--results-dir", str(tmp_path)),
+        ],
+        cwd=REPO_ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RUNFORGE_")},
+            SESSION_MARKER_ENV: SESSION_MARKER,
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    [results_file] = tmp_path.glob("quick-*.json")
+    [figure] = json.loads(results_file.read_text())["figures"]
+    assert figure["number"] == 17
+    assert [row["measure"].rsplit(": ", 1)[1] for row in figure["rows"]] == ["time", "peak memory"]
+    assert all(row["ours"] > 0 and row["peers"]["numpy.loadtxt"] > 0 for row in figure["rows"])

@@ -60,6 +60,8 @@ def cancel(trainer: Trainer, grace_s: float) -> CancelRecord:
             send_term=send_term,
             kill_tree=kill_tree,
             publish_countdown=actions.append,
+            # The tests cancel a trainer that is up: the supervisor's cue is its run_start.
+            announced=True,
         )
         controller.request()
         exit_code = await loop.run_in_executor(None, trainer.wait)

@@ -61,7 +61,7 @@ class FakeClock:
 class Harness:
     """A controller on a fake clock, logging (seconds since start, action, value)."""
 
-    def __init__(self, default_grace_s: float = 5.0) -> None:
+    def __init__(self, default_grace_s: float = 5.0, *, announced: bool = True) -> None:
         self.clock = FakeClock()
         self.log: list[tuple[float, str, int | None]] = []
         self.controller = CancelController(
@@ -71,6 +71,7 @@ class Harness:
             send_term=lambda: self.record("sigterm"),
             kill_tree=lambda: self.record("kill_tree"),
             publish_countdown=lambda seconds: self.record("countdown", seconds),
+            announced=announced,
         )
 
     def record(self, action: str, value: int | None = None) -> None:
@@ -96,6 +97,44 @@ def test_grace_5_sigterms_the_trainer_counts_5_4_3_2_1_and_kills_at_the_deadline
         (5, "kill_tree", None),
     ]
     assert h.controller.cancel_requested and h.controller.killed
+
+
+def test_a_cancel_before_run_start_holds_sigterm_until_the_trainer_announces_it() -> None:
+    h = Harness(announced=False)
+    h.controller.request()
+    h.at(1.5)
+    assert "sigterm" not in [action for _, action, _ in h.log]  # its handler may not exist yet
+    h.controller.trainer_announced()
+    h.at(60)
+    assert h.log == [
+        *countdown((0, 5), (1, 4)),
+        (1.5, "sigterm", None),
+        *countdown((2, 3), (3, 2), (4, 1)),
+        (5, "kill_tree", None),  # the deadline is the one set by the request
+    ]
+
+
+def test_a_trainer_that_never_announces_run_start_is_killed_at_the_deadline_unsignalled() -> None:
+    h = Harness(announced=False)
+    h.controller.request()
+    h.at(60)
+    assert h.log == [*countdown((0, 5), (1, 4), (2, 3), (3, 2), (4, 1)), (5, "kill_tree", None)]
+    h.controller.trainer_announced()  # too late: nothing more is sent
+    assert h.log[-1] == (5, "kill_tree", None)
+
+
+def test_a_trainer_announced_before_the_request_gets_sigterm_at_once() -> None:
+    h = Harness(announced=False)
+    h.controller.trainer_announced()
+    h.controller.request()
+    assert h.log[0] == (0, "sigterm", None)
+
+
+def test_run_start_after_a_grace_0_kill_sends_nothing() -> None:
+    h = Harness(announced=False)
+    h.controller.request(0)
+    h.controller.trainer_announced()
+    assert h.log == [(0, "kill_tree", None)]
 
 
 def test_nothing_is_killed_before_the_deadline() -> None:
@@ -291,6 +330,7 @@ def test_on_an_asyncio_loop_the_countdown_runs_and_the_deadline_actually_fires()
             send_term=lambda: log.append(("sigterm", None)),
             kill_tree=kill_tree,
             publish_countdown=lambda seconds: log.append(("countdown", seconds)),
+            announced=True,
         )
         controller.request()
         await asyncio.wait_for(killed.wait(), timeout=30)

@@ -359,9 +359,11 @@ def test_the_project_runner_cancelled_while_training_is_graceful(
     ws.mkdir()
     daemon.ctl("trust", str(ws), check=True)
     daemon.ctl("sample-data", str(ws), check=True)
+    # A forest: logistic regression converges on this data in well under a second.
     result = daemon.ctl_json(
-        "train", "--workspace", str(ws), "--dataset", str(ws / "demo_large.csv"), "--detach"
-    )
+        "train", "--workspace", str(ws), "--dataset", str(ws / "demo_large.csv"),
+        "--model", "random_forest", "--detach",
+    )  # fmt: skip
     run_id = result["run"]["run_id"]
     events_file = run_dir(ws, run_id) / "events.jsonl"
     wait_for(
@@ -384,3 +386,34 @@ def test_the_project_runner_cancelled_while_training_is_graceful(
     remaining = [e["data"]["seconds_remaining"] for e in events if e["type"] == "cancelling"]
     assert remaining and remaining == sorted(remaining, reverse=True)
     assert run_id not in index_ids(ws)
+
+
+def test_a_cancel_before_the_trainer_announced_run_start_waits_for_it_and_is_graceful(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    # The trainer takes 5 s to start (a slow interpreter) before its handler is in place
+    # and it announces run_start; a SIGTERM earlier would kill it by the default action.
+    daemon = make_daemon(RF_TEST_MODE="graceful", RF_TEST_HANDLER_DELAY_S="5")
+    ws = trainer_workspace(daemon)
+    run_id = start_detached(daemon, ws)
+    result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = wait_result(ws, run_id)
+    assert outcome["state"] == "cancelled_graceful", outcome
+    kinds = [e["type"] for e in events_on_disk(ws, run_id)]
+    assert kinds.index("cancel_requested") < kinds.index("run_start")
+    assert kinds.index("run_start") < kinds.index("cancelling") < kinds.index("run_cancelled")
+    assert (run_dir(ws, run_id) / ".cancelled").is_file()
+
+
+def test_a_trainer_that_never_announces_run_start_is_killed_at_the_deadline(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = make_daemon(RF_TEST_MODE="graceful", RF_TEST_HANDLER_DELAY_S="60")
+    ws = trainer_workspace(daemon)
+    run_id = start_detached(daemon, ws)
+    result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "1")
+    assert result.returncode == EXIT_FORCED, result.stdout + result.stderr
+    outcome = wait_result(ws, run_id)
+    assert outcome["state"] == "cancelled_forced"
+    assert "grace deadline" in outcome["reason"]

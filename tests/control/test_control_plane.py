@@ -356,7 +356,7 @@ def test_install_service_writes_a_unit_that_systemd_accepts(daemon: DaemonProces
 
 
 def test_committed_unit_matches_the_installed_template() -> None:
-    from runforgectl.__main__ import render_unit
+    from runforgectl.lifecycle import render_unit
 
     committed = (Path(__file__).resolve().parents[2] / "systemd" / "runforged.service").read_text()
     assert committed == render_unit("%h/.local/bin/runforged")
@@ -375,7 +375,7 @@ def test_stop_timeout_exceeds_default_cancel_grace() -> None:
 
 def test_runforgectl_does_not_import_daemon_code_or_structlog() -> None:
     code = (
-        "import sys, runforgectl.__main__ as c; "
+        "import sys, runforgectl.cli, runforgectl.parser as p; p.build_parser(); "
         "banned = ('runforged', 'structlog', 'psutil'); "
         "bad = [n for n in sys.modules if n.split('.')[0] in banned]; "
         "print(','.join(bad))"
@@ -409,14 +409,15 @@ def test_every_command_is_known_to_the_fast_parser() -> None:
     full parser's list of commands, or a command would silently lose its options."""
     import argparse
 
-    from runforgectl.__main__ import COMMANDS, build_parser, requested_command
+    from runforgectl.commands import BY_NAME
+    from runforgectl.parser import build_parser, requested_command
 
     full = build_parser()
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == COMMANDS
+    assert set(sub.choices) == set(BY_NAME)
     assert requested_command(["--timeout", "3", "train", "--seed", "1"]) == "train"
     assert requested_command(["--json", "nosuch"]) is None
-    for name in COMMANDS:
+    for name in BY_NAME:
         only = build_parser(name)
         sub = next(a for a in only._actions if isinstance(a, argparse._SubParsersAction))
         assert list(sub.choices) == [name]

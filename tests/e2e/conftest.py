@@ -33,7 +33,7 @@ SAMPLE_CSV = BUNDLED_DIR / SMALL_NAME
 FAMILIES = ("logistic_regression", "random_forest", "linear_svc")
 LINEAR_FAMILIES = ("logistic_regression", "linear_svc")
 
-# runforgectl exit statuses (runforgectl/__main__.py).
+# runforgectl exit statuses (runforgectl/exits.py).
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_RUN_FAILED = 12

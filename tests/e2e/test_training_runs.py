@@ -146,7 +146,7 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     shown_json = daemon.ctl_json("show", run_id, "--workspace", str(sample_workspace))
     assert shown_json["run_id"] == run_id
     assert shown_json["document"] == run_json
-    assert f"run of run {run_id}" in daemon.ctl("show", run_id, "-w", str(sample_workspace)).stdout
+    assert f"run {run_id} (" in daemon.ctl("show", run_id, "-w", str(sample_workspace)).stdout
     metrics = daemon.ctl_json("metrics", run_id, "--workspace", str(sample_workspace))
     validate("metrics.schema.v1.json", metrics["document"])
     assert metrics["document"] == read_json(folder / "metrics.v1.json")
@@ -207,7 +207,7 @@ def test_latest_is_the_newest_index_entry_for_show_and_metrics(
     for command in ("show", "metrics"):
         latest = daemon.ctl_json(command, "--workspace", str(sample_workspace))
         assert latest["run_id"] == second, command
-        assert f"of run {second}" in daemon.ctl(command, "-w", str(sample_workspace)).stdout
+        assert f"run {second} (" in daemon.ctl(command, "-w", str(sample_workspace)).stdout
     assert daemon.ctl_json("feature-importance", "-w", str(sample_workspace))["run_id"] == second
     assert daemon.ctl_json("show", first, "-w", str(sample_workspace))["run_id"] == first
 

@@ -15,7 +15,7 @@ from runforge_protocol import discovery
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.events import workspace_key
-from runforgectl import __main__ as ctl
+from runforgectl import exits as ctl
 from tests.protocol.golden import daemon_event_types, documented_result_types, protocol_text
 
 REQUEST_TYPES = {t.__struct_config__.tag: t for t in get_args(m.Request)}

@@ -22,8 +22,8 @@ from tests.runner.conftest import (
 
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory: pytest.TempPathFactory) -> RunnerResult:
-    """One run shared by several checks: no profile, five epochs, a dataset inside the
-    workspace, and ``--device cuda``."""
+    """One run shared by several checks: no profile, at most five iterations, a dataset
+    inside the workspace, and ``--device cuda``."""
     workspace = Workspace(tmp_path_factory.mktemp("plain"))
     dataset = workspace.root / "data" / "flowers.csv"
     dataset.parent.mkdir()
@@ -104,12 +104,19 @@ def test_each_family_trains_on_the_bundled_data_with_contract_valid_files_and_ev
     model = pickle.loads((result.run_dir / "model.pkl").read_bytes())
     assert model.predict([[5.0, 3.4, 1.5, 0.25]]).shape == (1,)
 
+    # Progress by the clock: on 150 rows the fit is over in moments, so the last event
+    # (always sent, with the final numbers) may be the only one.
     progress = result.of("train_progress")
-    assert len(progress) > 10
+    assert progress
     done = [event["epoch"] for event in progress]
-    assert done == sorted(set(done)) and done[-1] == progress[-1]["total_epochs"]
-    assert all(0 <= event["val_accuracy"] <= 1 for event in progress)
-    assert all(("loss" in event) == (family != "random_forest") for event in progress)
+    assert done == sorted(done) and done[-1] >= 1
+    last = progress[-1]
+    if family == "random_forest":
+        assert done[-1] == last["total_epochs"]  # every tree grown
+    else:
+        assert done[-1] < last["total_epochs"]  # converged by tol before max_iter
+    assert 0 <= last["val_accuracy"] <= 1
+    assert ("loss" in last) == (family != "random_forest")
 
 
 def test_binary_data_with_probabilities_gets_the_proba_metrics_profile(
@@ -189,8 +196,9 @@ def test_without_a_profile_run_json_omits_the_profile_fields(plain_run: RunnerRe
     assert "profile_name" not in run and "expanded_parameters_hash" not in run
 
 
-def test_logistic_regression_reports_every_epoch(plain_run: RunnerResult) -> None:
-    assert [event["epoch"] for event in plain_run.of("train_progress")] == [1, 2, 3, 4, 5]
+def test_the_last_progress_event_reports_the_iterations_done(plain_run: RunnerResult) -> None:
+    last = plain_run.of("train_progress")[-1]
+    assert last["total_epochs"] == 5 and 1 <= last["epoch"] <= 5
 
 
 def test_dataset_path_and_run_dir_are_workspace_relative(plain_run: RunnerResult) -> None:

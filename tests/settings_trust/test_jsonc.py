@@ -124,3 +124,58 @@ def test_syntax_errors_name_the_line_and_column(
         parse_jsonc(text)
     assert reason in caught.value.reason
     assert (caught.value.line, caught.value.column) == (line, column)
+
+
+# --- linear time and key lines (issue 10: a 570 KiB settings.json took 7 s) -------------
+
+
+class _CountingText(str):
+    """A document that counts the characters its ``count`` calls scan."""
+
+    scanned = 0
+
+    def count(self, sub: str, start: Any = None, end: Any = None) -> int:  # type: ignore[override]
+        lo = 0 if start is None else start
+        hi = len(self) if end is None else end
+        _CountingText.scanned += max(0, hi - lo)
+        return super().count(sub, start, end)
+
+
+def test_key_lines_are_counted_in_one_pass_over_the_document() -> None:
+    """Line numbers of 20,000 keys (a file of ~570 KiB) cost one scan of the text, not one
+    scan from the start per key: the work is measured, not the time."""
+    from runforged.settings import _JsoncParser
+
+    body = ",\n".join(f'  "other.extension.setting{i}": "{"x" * 16}"' for i in range(20_000))
+    text = _CountingText("{\n" + body + ',\n  "runforge.profile": "fast"\n}\n')
+    assert len(text) > 570 * 1024 * 0.9
+    _CountingText.scanned = 0
+    parser = _JsoncParser(text)
+    document = parser.document()
+    assert document["runforge.profile"] == "fast"
+    assert parser.top_level_key_lines["runforge.profile"] == 20_002
+    assert parser.top_level_key_lines["other.extension.setting0"] == 2
+    assert _CountingText.scanned <= len(text)
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=8), json_values, min_size=1, max_size=6),
+    st.data(),
+)
+def test_each_top_level_key_line_is_the_line_its_name_starts_on(
+    members: dict[str, Any], data: st.DataObject
+) -> None:
+    from runforged.settings import _JsoncParser
+
+    text = "{"
+    starts: dict[str, int] = {}
+    for key, value in members.items():
+        text += data.draw(trivia)
+        starts[key] = len(text)
+        text += json.dumps(key) + data.draw(trivia) + ":" + render(value, data) + ","
+    text += data.draw(trivia) + "}"
+    parser = _JsoncParser(text)
+    assert parser.document() == members
+    for key, at in starts.items():
+        assert parser.top_level_key_lines[key] == text.count("\n", 0, at) + 1

@@ -30,7 +30,9 @@ stderr's reader goes away the trainer carries on without events.
     ``checkpoint.partial.json``, then the ``.cancelled`` marker atomically (step = the
     phase the signal arrived in; ``partial_artifacts``: every artifact written so far,
     checkpoint included, workspace-relative), then
-    ``run_cancelled {graceful: true}``; exits 143.
+    ``run_cancelled {graceful: true}``; exits 143. ``RF_TEST_HANDLER_DELAY_S``: seconds
+    of start-up before its SIGTERM handler is installed and run_start announced (a slow
+    interpreter start): a SIGTERM then has its default effect.
 ``ignore_sigterm``
     ``complete``, slow by default, with SIGTERM ignored: only SIGKILL stops it.
 ``grandchildren``

@@ -62,6 +62,7 @@ def _train_or_cancel(
             on_signal()
         raise CancelRequested
 
+    time.sleep(_float_env("RF_TEST_HANDLER_DELAY_S", 0.0))  # start-up, handler not yet in
     signal.signal(signal.SIGTERM, handle_sigterm)
     run.write_pid()
     try:
