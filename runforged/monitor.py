@@ -58,7 +58,7 @@ if __name__ == "__main__":
     # site-packages); appended, so it can never shadow the standard library.
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS
+from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS, RUN_START
 from runforge_protocol.events import (
     CANCEL_COUNTDOWN,
     CANCEL_ESCALATED,
@@ -374,6 +374,10 @@ class Monitor:
         self.next_countdown: int | None = None
         self.killed = False
         self.escalated = False
+        # run_start seen: the trainer's SIGTERM handler is in place. Before it, SIGTERM's
+        # default action would kill the trainer with nothing flushed, so a cancel holds it.
+        self.announced = False
+        self.term_held = False
         self.invalid_lines = 0
         self.log_bytes = 0
         self.log_cut_bytes = 0
@@ -386,6 +390,7 @@ class Monitor:
         self.lock_fd = -1
         self.wake_r = -1
         self._batch_ts = b""
+        self._unflushed = False  # events.jsonl holds lines not yet handed to the kernel
 
     # ------------------------------------------------------------------ set-up
 
@@ -567,6 +572,7 @@ class Monitor:
                 self._publish(CANCEL_COUNTDOWN, b'{"seconds_remaining":%d}' % remaining)
         if now >= self.deadline and not self.killed:
             self.killed = True
+            self.term_held = False
             self.next_countdown = None
             killed = self._kill_tree()
             self.escalated = True
@@ -579,7 +585,9 @@ class Monitor:
 
     def cancel(self, grace_s: float | None, deadline_wall: float | None = None) -> dict[str, Any]:
         """SIGTERM the trainer (not its workers: they would die before it can flush), count
-        down, and kill the whole tree at the deadline; grace 0 kills at once. A later
+        down, and kill the whole tree at the deadline; grace 0 kills at once. SIGTERM goes
+        only to a trainer that has announced ``run_start`` (its handler is in place): an
+        earlier request holds it until the announcement, within the same deadline. A later
         request only ever moves the deadline earlier."""
         now = time.monotonic()
         if deadline_wall is not None:
@@ -592,8 +600,10 @@ class Monitor:
             self.cancel_requested_at = time.time()
             self._publish(CANCEL_REQUESTED, json.dumps({"grace_s": grace}).encode())
             if grace > 0:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.trainer_pid, signal.SIGTERM)
+                if self.announced:
+                    self._send_term()
+                else:
+                    self.term_held = True  # delivered at run_start, within the deadline
             self._arm(now, now + grace)
             return {"op": "cancel", "already": False, "deadline_in_s": grace}
         shortened = grace_s is not None and not self.killed and now + grace_s < self.deadline
@@ -605,6 +615,18 @@ class Monitor:
             "shortened": shortened,
             "deadline_in_s": max(0.0, self.deadline - now),
         }
+
+    def _send_term(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.trainer_pid, signal.SIGTERM)
+
+    def _announced(self) -> None:
+        """The trainer emitted run_start: deliver a SIGTERM held for it, if the deadline
+        has not passed meanwhile."""
+        self.announced = True
+        if self.term_held and self.exit_code is None and not self.killed:
+            self.term_held = False
+            self._send_term()
 
     def _arm(self, now: float, deadline: float) -> None:
         self.deadline = deadline
@@ -696,6 +718,8 @@ class Monitor:
                 parsed = None
             if parsed is not None:
                 self._publish(*parsed)
+                if parsed[0] == RUN_START:
+                    self._announced()
                 return
         if cut:
             line += b" [runforge: line cut at %d bytes]" % MAX_LINE
@@ -750,6 +774,7 @@ class Monitor:
         )
         try:
             self.events_file.write(line)
+            self._unflushed = True
         except (OSError, ValueError) as exc:
             self._write_failed(EVENTS_FILE, exc)
         for client in self.clients:
@@ -762,6 +787,7 @@ class Monitor:
                 client.sent_seq = self.run_seq
 
     def _flush_files(self) -> None:
+        self._unflushed = False
         for name, handle in ((EVENTS_FILE, self.events_file), (LOGS_FILE, self.logs_file)):
             if handle.closed:
                 continue
@@ -870,6 +896,10 @@ class Monitor:
             client.behind = False
 
     def _client_write(self, client: _Client) -> None:
+        if self._unflushed:
+            # An event reaches the daemon (and its subscribers) only once it is in
+            # events.jsonl: whoever dies next, nothing published is missing from disk.
+            self._flush_files()
         if client.behind and len(client.outbox) < CLIENT_BACKLOG_BYTES // 2:
             self._catch_up(client)
         if client.outbox:

@@ -572,8 +572,12 @@ class RunSupervisor:
             kind, data, workspace=str(run.workspace), run_id=run.run_id, run_seq=run.run_seq
         )
         if run.events_file is not None and not run.events_file.closed:
+            # On disk (in the kernel's hands) before any subscriber sees it: a daemon
+            # killed right after publishing loses nothing a follower was shown, and the
+            # next daemon's numbering (from the file) never reuses a run_seq.
             try:
                 run.events_file.write(run_folder.encode_event_line(event))
+                run.events_file.flush()
             except OSError as exc:
                 log.error("events_persist_failed", run_id=run.run_id, error=str(exc))
         self._publisher.send(run.topic_prefix + kind.encode(), event)

@@ -301,3 +301,57 @@ def test_a_verdict_on_disk_is_final_and_interrupted_writes_are_cleaned_up(
     assert not stale[1].exists()  # the run folder's, at the run's (second) end
     daemon.ctl("recover", "--workspace", str(ws), check=True)
     assert not stale[2].exists()
+
+
+def test_every_event_a_subscriber_sees_is_already_on_disk_so_a_kill_loses_none(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    # Events are persisted before they are published (the monitor's own and the daemon's:
+    # run_queued, run_terminal...): a daemon SIGKILLed at any moment leaves events.jsonl
+    # holding everything a follower was shown, and the next daemon, numbering from that
+    # file, never reuses a run_seq.
+    import msgspec
+    import zmq
+
+    daemon = daemon_factory(RF_TEST_MODE="complete").start()
+    ws = trainer_workspace(daemon)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{daemon.runtime_dir}/events.sock")
+    try:
+        # The subscription takes effect asynchronously: a ping run until events arrive.
+        first = start_detached(daemon, ws, "--param", "RF_TEST_STEPS=2")
+        wait_result(ws, first)
+        runs = [
+            start_detached(daemon, ws, "--param", "RF_TEST_STEPS=10", "--param", "RF_TEST_STEP_S=0")
+            for _ in range(3)
+        ]
+        seen: dict[str, list[int]] = {r: [] for r in runs}
+        missing: list[tuple[str, int, str]] = []
+        ended: set[str] = set()
+        while ended != set(runs):
+            assert sub.poll(60_000), f"no event for 60 s; ended {ended} of {runs}"
+            _topic, payload = sub.recv_multipart()
+            event = msgspec.msgpack.decode(payload)
+            run_id = event["run_id"]
+            if run_id not in seen:
+                continue
+            on_disk = {e["run_seq"] for e in events_on_disk(ws, run_id)}
+            if event["run_seq"] not in on_disk:
+                missing.append((run_id, event["run_seq"], event["type"]))
+            seen[run_id].append(event["run_seq"])
+            if event["type"] == "run_terminal":
+                ended.add(run_id)
+        assert missing == []
+        daemon.kill_hard()  # right after the last run_terminal went out
+        for run_id in runs:
+            assert_contiguous(events_on_disk(ws, run_id))
+            assert set(seen[run_id]) <= {e["run_seq"] for e in events_on_disk(ws, run_id)}
+        daemon.start()
+        for run_id in runs:
+            assert_contiguous(events_on_disk(ws, run_id))
+    finally:
+        sub.close()
+        context.term()
