@@ -5,7 +5,7 @@ from __future__ import annotations
 
 RERUN = """\
 ```sh
-.venv/bin/pip install -e '.[bench]'        # the peers: circus, supervisor
+source scripts/_setup.sh                   # the locked env, with the peers circus, supervisor
 .venv/bin/python -m benchmarks             # the whole suite; rewrites BENCHMARKS.md
 .venv/bin/python -m benchmarks --quick     # smoke run: few rounds, small sizes
 .venv/bin/python -m benchmarks --only 2,6  # some figures (BENCHMARKS.md left alone)

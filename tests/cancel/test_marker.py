@@ -16,7 +16,7 @@ from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
 from runforged.run_folder import MARKER_MAX_BYTES, read_cancelled_marker
 from tests.contracts import validate
 
-SCHEMA = "cancelled.schema.v1.0.0.json"
+SCHEMA = "cancelled.v1.0.0"
 VALID: dict[str, Any] = {
     "schema_version": "cancelled.v1.0.0",
     "run_id": "20250101-120000-abc123",

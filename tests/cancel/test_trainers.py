@@ -17,7 +17,7 @@ from runforge_protocol.records import RunState
 from runforged.outcome import classify_terminal_state
 from runforged.run_folder import read_cancelled_marker
 from tests.cancel.conftest import StartTrainer, Trainer
-from tests.contracts import CONTRACTS_DIR, validate, validate_file
+from tests.contracts import IRIS_SAMPLE, validate, validate_file
 
 CONTRACT_EVENTS = list(SUCCESS_SEQUENCE)
 QUICK_FLUSH = {"RF_TEST_FLUSH_S": "0.2"}
@@ -34,13 +34,13 @@ def contract_sequence(trainer: Trainer) -> list[str]:
 
 def assert_events_valid(events: list[dict[str, Any]]) -> None:
     for event in events:
-        validate("events.schema.v1.json", event)
+        validate("events.v1", event)
 
 
 def assert_complete_run_on_disk(trainer: Trainer) -> dict[str, Any]:
-    run_json = validate_file("run.schema.v0.3.6.json", trainer.run_dir / "run.json")
+    run_json = validate_file("run.v0.3.6", trainer.run_dir / "run.json")
     assert run_json["run_id"] == trainer.run_dir.name
-    validate_file("metrics.schema.v1.json", trainer.run_dir / "metrics.v1.json")
+    validate_file("metrics.v1", trainer.run_dir / "metrics.v1.json")
     assert (trainer.run_dir / run_json["artifacts"]["model_pkl"]).is_file()
     return run_json
 
@@ -91,7 +91,7 @@ def test_complete_emits_every_contract_event_in_order_and_writes_a_valid_run(
 def test_complete_trains_its_baseline_on_the_dataset_it_is_given(
     start_trainer: StartTrainer,
 ) -> None:
-    iris = CONTRACTS_DIR / "iris.csv"
+    iris = IRIS_SAMPLE
     trainer = start_trainer("complete", RUNFORGE_DATASET=str(iris))
     assert trainer.wait() == 0
     run_json = assert_complete_run_on_disk(trainer)
@@ -113,7 +113,7 @@ def test_graceful_counts_down_writes_the_marker_then_reports_run_cancelled(
     countdown = [e["seconds_remaining"] for e in events if e["event"] == "cancelling"]
     assert countdown[0] == 2
     assert countdown == sorted(countdown, reverse=True) and len(set(countdown)) == len(countdown)
-    marker = validate_file("cancelled.schema.v1.0.0.json", trainer.run_dir / ".cancelled")
+    marker = validate_file("cancelled.v1.0.0", trainer.run_dir / ".cancelled")
     assert marker["step"] == "training"
     assert marker["run_dir"] == ".ml/runs/" + trainer.run_dir.name
     checkpoint = f".ml/runs/{trainer.run_dir.name}/checkpoint.partial.json"
@@ -183,7 +183,7 @@ def test_marker_no_stderr_closes_stderr_early_and_still_writes_the_marker(
     assert trainer.wait() == 143
     marker = read_cancelled_marker(trainer.run_dir)
     assert marker is not None and marker.step in ("dataset_loading", "training")
-    validate_file("cancelled.schema.v1.0.0.json", trainer.run_dir / ".cancelled")
+    validate_file("cancelled.v1.0.0", trainer.run_dir / ".cancelled")
 
 
 def test_marker_fails_event_reports_run_cancelled_without_a_marker(
@@ -266,7 +266,7 @@ def test_garbage_interleaves_seven_bad_lines_with_a_complete_run(
     for line in trainer.lines():
         try:
             document = json.loads(line)
-            validate("events.schema.v1.json", document)
+            validate("events.v1", document)
             valid.append(document["event"])
         except Exception:
             invalid.append(line)

@@ -45,7 +45,7 @@ def test_an_unwritable_index_leaves_a_completed_run_reported_as_an_orphan(
     assert result["index_error"]["message"]
     folder = run_dir(workspace, run_id)
     assert (folder / "run.json").is_file()
-    marker = validate_file("index-orphan.schema.v1.0.0.json", folder / ".index-orphan")
+    marker = validate_file("index-orphan.v1.0.0", folder / ".index-orphan")
     assert marker["run_id"] == run_id
     assert outputs.read_bytes() == b"not a folder\n"
 
@@ -103,7 +103,7 @@ def test_a_corrupt_index_is_kept_aside_and_rebuilt_from_what_the_daemon_knows(
     assert wait_result(workspace, later)["index_status"] == "indexed"
     kept = list(index_path(workspace).parent.glob("index.json.corrupt.*"))
     assert [p.read_bytes() for p in kept] == [garbage]
-    index = validate_file("index.schema.v1.0.0.json", index_path(workspace))
+    index = validate_file("index.v1.0.0", index_path(workspace))
     assert [e["run_id"] for e in index["runs"]] == [earlier, later]
     assert daemon.ctl_json("runs", "--workspace", str(workspace))["orphans"] == []
 
@@ -131,6 +131,6 @@ def test_runs_only_a_corrupt_index_listed_are_orphans_until_recover(
     assert BANNER in listed and earlier in listed.splitlines()[0]
 
     daemon.ctl("recover", "--workspace", str(workspace), check=True)
-    index = validate_file("index.schema.v1.0.0.json", index_path(workspace))
+    index = validate_file("index.v1.0.0", index_path(workspace))
     assert sorted(e["run_id"] for e in index["runs"]) == sorted([earlier, later])
     assert daemon.ctl_json("runs", "--workspace", str(workspace))["orphans"] == []

@@ -99,14 +99,14 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     assert request["run_id"] == run_id
     assert request["model"] == family
     assert request["profile"] == "fast"
-    run_json = validate_file("run.schema.v0.3.6.json", folder / "run.json")
+    run_json = validate_file("run.v0.3.6", folder / "run.json")
     assert run_json["run_id"] == run_id
     assert run_json["model_family"] == family
     assert (folder / "logs.txt").stat().st_size >= 0
 
     # The index: the daemon's entry, from real values only.
     index = read_json(index_path(sample_workspace))
-    validate("index.schema.v1.0.0.json", index)
+    validate("index.v1.0.0", index)
     [entry] = index["runs"]
     assert entry["run_id"] == run_id
     assert entry["status"] == "succeeded"
@@ -148,7 +148,7 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     assert shown_json["document"] == run_json
     assert f"run {run_id} (" in daemon.ctl("show", run_id, "-w", str(sample_workspace)).stdout
     metrics = daemon.ctl_json("metrics", run_id, "--workspace", str(sample_workspace))
-    validate("metrics.schema.v1.json", metrics["document"])
+    validate("metrics.v1", metrics["document"])
     assert metrics["document"] == read_json(folder / "metrics.v1.json")
     metrics_text = daemon.ctl("metrics", run_id, "-w", str(sample_workspace), check=True).stdout
     assert "accuracy" in metrics_text
@@ -156,10 +156,10 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     # Interpretability: what each family has, and a structured error for what it has not.
     if family in LINEAR_FAMILIES:
         present, absent = "coefficients", "feature-importance"
-        schema = "linear_coefficients.schema.v1.json"
+        schema = "linear_coefficients.v1"
     else:
         present, absent = "feature-importance", "coefficients"
-        schema = "feature_importance.schema.v1.json"
+        schema = "feature_importance.v1"
     document = daemon.ctl_json(present, "--workspace", str(sample_workspace))
     assert document["run_id"] == run_id
     validate(schema, document["document"])
@@ -167,13 +167,13 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
     missing = error_of(daemon.ctl(absent, "--workspace", str(sample_workspace), "--json"))
     assert missing["code"] == "ARTIFACT_NOT_FOUND"
     interpretability = daemon.ctl_json("interpretability", "--workspace", str(sample_workspace))
-    validate("interpretability.index.schema.v1.json", interpretability["document"])
+    validate("interpretability.index.v1", interpretability["document"])
     assert interpretability["document"]["run_id"] == run_id
 
     # inspect-artifact of the model it wrote.
     model = str(folder / "model.pkl")
     pipeline = daemon.ctl_json("inspect-artifact", model, "--workspace", str(sample_workspace))
-    validate("pipeline.inspect.schema.v0.2.2.2.json", pipeline["document"])
+    validate("pipeline.inspect.v0.2.2.2", pipeline["document"])
     assert daemon.ctl("inspect-artifact", model, "-w", str(sample_workspace), check=True).stdout
 
     # export-md writes run-summary.md into the run folder.
@@ -240,7 +240,7 @@ def test_inspect_dataset_describes_the_sample_in_both_outputs(
     csv = str(sample_workspace / "data" / "iris_like.csv")
     inspected = daemon.ctl_json("inspect-dataset", csv, "--workspace", str(sample_workspace))
     document = inspected["document"]
-    validate("inspect.schema.v0.2.2.1.json", document)
+    validate("inspect.v0.2.2.1", document)
     assert document["num_rows"] == 150
     assert document["label_present"] is True
     assert document["num_features_excluding_label"] == 4

@@ -36,7 +36,7 @@ def test_entry_takes_every_value_from_run_request_and_result_files(tmp_path: Pat
 
     entry = build_index_entry(tmp_path, run_dir)
 
-    validate("index.schema.v1.0.0.json", index_document(entry))
+    validate("index.v1.0.0", index_document(entry))
     rel = f".ml/runs/{run_id_at(3)}"
     assert msgspec.to_builtins(entry) == {
         "run_id": run_id_at(3),  # run.json
@@ -82,7 +82,7 @@ def test_entry_of_a_run_made_outside_the_daemon_says_what_disk_does_not_record(
 
     entry = build_index_entry(tmp_path, run_dir)
 
-    validate("index.schema.v1.0.0.json", index_document(entry))
+    validate("index.v1.0.0", index_document(entry))
     assert entry.name == run_id_at(5)
     assert entry.preset_id == "std-train"
     assert entry.summary is not None
@@ -138,7 +138,7 @@ def test_orphan_marker_follows_its_schema_and_names_the_underlying_error(tmp_pat
         path = write_index_orphan_marker(tmp_path, run_id_at(9), failure)
 
     assert path == run_dir / ".index-orphan"
-    marker = validate_file("index-orphan.schema.v1.0.0.json", path)
+    marker = validate_file("index-orphan.v1.0.0", path)
     assert marker["run_id"] == run_id_at(9)
     assert marker["run_dir"] == f".ml/runs/{run_id_at(9)}"
     assert marker["index_path"] == ".ml/outputs/index.json"

@@ -38,7 +38,7 @@ def test_add_returns_once_the_entry_is_in_the_file(tmp_path: Path) -> None:
         assert indexed_ids(tmp_path) == [entry.run_id]
 
     asyncio.run(scenario())
-    validate("index.schema.v1.0.0.json", read_index(tmp_path))
+    validate("index.v1.0.0", read_index(tmp_path))
 
 
 def test_a_burst_of_100_completions_is_written_in_one_rewrite(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_a_burst_of_100_completions_is_written_in_one_rewrite(tmp_path: Path) ->
 
     assert asyncio.run(scenario()) == 1
     assert indexed_ids(tmp_path) == [e.run_id for e in entries]
-    validate("index.schema.v1.0.0.json", read_index(tmp_path))
+    validate("index.v1.0.0", read_index(tmp_path))
 
 
 def test_completions_arriving_during_a_write_share_the_next_one(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_recovery_adds_every_missing_run_and_says_why_it_was_missing(tmp_path: P
     ]
     assert (report.scanned_run_dirs, report.already_indexed) == (2, 0)
     document = read_index(tmp_path)
-    validate("index.schema.v1.0.0.json", document)
+    validate("index.v1.0.0", document)
     # The entries are exactly what the run folders record.
     for entry, n in zip(document["runs"], (1, 2), strict=True):
         expected = build_index_entry(tmp_path, run_dir_of(tmp_path, run_id_at(n)))
@@ -296,7 +296,7 @@ def test_a_missing_index_is_created(tmp_path: Path) -> None:
 
     assert report.index_created is True
     assert indexed_ids(tmp_path) == [run_id_at(1)]
-    validate("index.schema.v1.0.0.json", read_index(tmp_path))
+    validate("index.v1.0.0", read_index(tmp_path))
 
 
 @pytest.mark.parametrize("envelope", [False, True], ids=["bare-array", "v0.2.2.1"])
@@ -322,7 +322,7 @@ def test_legacy_indexes_are_read_and_their_entries_kept(tmp_path: Path, envelope
     document = read_index(tmp_path)
     assert document["schema_version"] == "1.0.0"
     assert document["runs"][:2] == [old_entry, gone_entry]  # kept as they were
-    validate("index.schema.v1.0.0.json", {**document, "runs": document["runs"][2:]})
+    validate("index.v1.0.0", {**document, "runs": document["runs"][2:]})
 
 
 def test_a_corrupt_index_is_kept_aside_and_rebuilt(tmp_path: Path) -> None:
@@ -338,7 +338,7 @@ def test_a_corrupt_index_is_kept_aside_and_rebuilt(tmp_path: Path) -> None:
     assert kept.startswith(".ml/outputs/index.json.corrupt.")
     assert [r.run_id for r in report.recovered] == [run_id_at(1), run_id_at(2)]
     assert report.index_created is True
-    validate("index.schema.v1.0.0.json", read_index(tmp_path))
+    validate("index.v1.0.0", read_index(tmp_path))
     # Reported once: the next report has nothing new to say about it.
     assert recover(tmp_path).corrupt_index_kept_as == []
 

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 
 from runforge_protocol import events as ev
-from runforge_protocol.schema_gen import PACKAGE_DIR
+from tools.schema_gen import PACKAGE_DIR
 
 PROTOCOL_MD = PACKAGE_DIR / "PROTOCOL.md"
 KINDS = ("requests", "replies", "events")

@@ -12,7 +12,6 @@ import pytest
 from runforge_contract.trainer_events import ALL_EVENTS as RUNNER_EVENT_TYPES
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
-from runforge_protocol import schema_gen
 from tests.protocol.golden import (
     KINDS,
     all_examples,
@@ -21,6 +20,7 @@ from tests.protocol.golden import (
     schema,
     validator,
 )
+from tools import schema_gen
 
 DECODERS: dict[str, Any] = {
     "requests": m.request_decoder,

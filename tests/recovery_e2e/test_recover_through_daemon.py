@@ -43,7 +43,7 @@ def test_failed_index_write_leaves_a_marked_orphan_shown_by_every_command(
     daemon = daemon_factory(RF_TEST_MODE="complete", RF_TEST_STEPS="2", RF_TEST_STEP_S="0").start()
     ws, first, second = orphaned_workspace(daemon)
     marker = json.loads((ws / ".ml" / "runs" / second / ".index-orphan").read_text())
-    validate("index-orphan.schema.v1.0.0.json", marker)
+    validate("index-orphan.v1.0.0", marker)
     events = [
         json.loads(line)["type"]
         for line in (ws / ".ml" / "runs" / second / "events.jsonl").read_text().splitlines()
@@ -80,7 +80,7 @@ def test_recover_puts_orphans_back_idempotently_and_reports_it(
     assert report["already_indexed"] == 1 and report["scanned_run_dirs"] == 2
     assert report["skipped"] == [] and report["cancelled_excluded"] == []
     assert sorted(index_ids(ws)) == sorted([first, second])
-    validate("index.schema.v1.0.0.json", json.loads((ws / ".ml/outputs/index.json").read_text()))
+    validate("index.v1.0.0", json.loads((ws / ".ml/outputs/index.json").read_text()))
     assert not (ws / ".ml" / "runs" / second / ".index-orphan").exists()
     assert daemon.ctl_json("runs", "--workspace", str(ws))["orphans"] == []
 

@@ -47,10 +47,10 @@ def parse_stderr(text: str) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def assert_events_valid(events: list[dict[str, Any]]) -> None:
-    """Contract events against events.schema.v1.json; run_failed against its documented shape."""
+    """Contract events against the events.v1 format; run_failed against its documented shape."""
     for event in events:
         if event["event"] in CONTRACT_EVENTS:
-            validate("events.schema.v1.json", event)
+            validate("events.v1", event)
         else:
             assert event["event"] == "run_failed", event
             assert set(event) <= {"event", "timestamp", "run_id", "error", "step"}, event

@@ -47,7 +47,7 @@ def assert_cancelled_gracefully(
     assert "artifacts_written" not in names and "run_failed" not in names
     assert first_cancelling < names.index("run_cancelled")
 
-    marker = validate_file("cancelled.schema.v1.0.0.json", result.run_dir / ".cancelled")
+    marker = validate_file("cancelled.v1.0.0", result.run_dir / ".cancelled")
     run_id = result.run_dir.name
     assert marker["run_id"] == run_id
     assert marker["run_dir"] == f".ml/runs/{run_id}"

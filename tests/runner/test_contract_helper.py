@@ -54,7 +54,7 @@ def test_emit_writes_one_valid_event_line_with_timestamp_and_run_id(
     session.emit("train_progress", epoch=1, total_epochs=3, loss=0.5, val_accuracy=0.75)
     (line,) = stream.getvalue().splitlines()
     event = json.loads(line)
-    validate("events.schema.v1.json", event)
+    validate("events.v1", event)
     assert event["run_id"] == "helper-run"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["timestamp"])
 
@@ -144,7 +144,7 @@ def test_a_requested_cancel_flushes_writes_the_marker_then_run_cancelled(
     assert [e["event"] for e in events] == ["cancelling", "run_cancelled"]
     assert_events_valid(events)
     assert events[0]["seconds_remaining"] == 5 and events[0]["step"] == "training"
-    marker = validate_file("cancelled.schema.v1.0.0.json", session.run_dir / ".cancelled")
+    marker = validate_file("cancelled.v1.0.0", session.run_dir / ".cancelled")
     assert marker["partial_artifacts"] == [".ml/runs/helper-run/partial.json"]
     assert marker["reason"] == "SIGTERM received"
 

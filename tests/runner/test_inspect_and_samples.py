@@ -17,7 +17,7 @@ def test_inspect_describes_a_dataset(workspace: Workspace) -> None:
     result = workspace.run(["inspect", "--dataset", str(SMALL_DATASET)])
     assert result.returncode == 0
     document = json.loads(result.stdout)
-    validate("inspect.schema.v0.2.2.1.json", document)
+    validate("inspect.v0.2.2.1", document)
     assert document["columns"][-1] == "label" and document["label_present"] is True
     assert document["num_rows"] == 150 and document["num_features_excluding_label"] == 4
     assert document["fingerprint_sha256"] == hashlib.sha256(SMALL_DATASET.read_bytes()).hexdigest()
@@ -26,7 +26,7 @@ def test_inspect_describes_a_dataset(workspace: Workspace) -> None:
 def test_inspect_reports_a_missing_label_without_failing(workspace: Workspace) -> None:
     result = workspace.run(["inspect", "--dataset", str(SMALL_DATASET), "--label", "species"])
     document = json.loads(result.stdout)
-    validate("inspect.schema.v0.2.2.1.json", document)
+    validate("inspect.v0.2.2.1", document)
     assert document["label_present"] is False and document["num_features_excluding_label"] == 5
 
 
@@ -49,7 +49,7 @@ def test_inspect_artifact_describes_a_trained_pipeline(workspace: Workspace) -> 
     result = workspace.run(["inspect-artifact", "--artifact", ".ml/runs/for-inspect/model.pkl"])
     assert result.returncode == 0
     document = json.loads(result.stdout)
-    validate("pipeline.inspect.schema.v0.2.2.2.json", document)
+    validate("pipeline.inspect.v0.2.2.2", document)
     assert document["artifact_path"] == ".ml/runs/for-inspect/model.pkl"
     assert [step["name"] for step in document["pipeline_steps"]] == ["scaler", "classifier"]
     assert document["pipeline_steps"][1]["type"] == "LogisticRegression"

@@ -50,7 +50,7 @@ def assert_completed(result: RunnerResult, run_id: str) -> dict[str, Any]:
     assert_events_valid(result.events)
     assert collapse_progress(result.names()) == SUCCESS_ORDER
     assert {event["run_id"] for event in result.events} == {run_id}
-    run = validate_file("run.schema.v0.3.6.json", result.run_dir / "run.json")
+    run = validate_file("run.v0.3.6", result.run_dir / "run.json")
     assert run["run_id"] == run_id
     assert not (result.run_dir / ".cancelled").exists()
     return run
@@ -62,10 +62,10 @@ def assert_completed(result: RunnerResult, run_id: str) -> dict[str, Any]:
         (
             "logistic_regression",
             "linear_coefficients.v1.json",
-            "linear_coefficients.schema.v1.json",
+            "linear_coefficients.v1",
         ),
-        ("random_forest", "feature_importance.v1.json", "feature_importance.schema.v1.json"),
-        ("linear_svc", "linear_coefficients.v1.json", "linear_coefficients.schema.v1.json"),
+        ("random_forest", "feature_importance.v1.json", "feature_importance.v1"),
+        ("linear_svc", "linear_coefficients.v1.json", "linear_coefficients.v1"),
     ],
 )
 def test_each_family_trains_on_the_bundled_data_with_contract_valid_files_and_events(
@@ -84,13 +84,13 @@ def test_each_family_trains_on_the_bundled_data_with_contract_valid_files_and_ev
     assert run["label_column"] == "label"
     assert run["num_samples"] == 150 and run["num_features"] == 4
     assert run["artifacts"]["model_pkl"] == "model.pkl"
-    metrics = validate_file("metrics.schema.v1.json", result.run_dir / "metrics.v1.json")
+    metrics = validate_file("metrics.v1", result.run_dir / "metrics.v1.json")
     assert metrics["metrics_profile"] == "classification.multiclass.v1"
     assert metrics["accuracy"] == run["metrics"]["accuracy"]
     assert json.loads((result.run_dir / "metrics.json").read_text()) == run["metrics"]
     validate_file(schema, result.run_dir / interpretability)
     index = validate_file(
-        "interpretability.index.schema.v1.json",
+        "interpretability.index.v1",
         result.run_dir / "interpretability.index.v1.json",
     )
     assert index["run_id"] == run_id
@@ -127,10 +127,10 @@ def test_binary_data_with_probabilities_gets_the_proba_metrics_profile(
     binary.write_text("\n".join(r for r in rows if not r.endswith(",2")) + "\n")
     result = workspace.run(workspace.train_args("binary", "--profile", "fast"), dataset=binary)
     assert_completed(result, "binary")
-    metrics = validate_file("metrics.schema.v1.json", result.run_dir / "metrics.v1.json")
+    metrics = validate_file("metrics.v1", result.run_dir / "metrics.v1.json")
     assert metrics["metrics_profile"] == "classification.proba.v1"
     coefficients = validate_file(
-        "linear_coefficients.schema.v1.json", result.run_dir / "linear_coefficients.v1.json"
+        "linear_coefficients.v1", result.run_dir / "linear_coefficients.v1.json"
     )
     assert [entry["class"] for entry in coefficients["coefficients_by_class"]] == [1]
 
@@ -139,7 +139,7 @@ def test_binary_data_with_probabilities_gets_the_proba_metrics_profile(
         dataset=binary,
     )
     assert_completed(svc, "binary-svc")
-    svc_metrics = validate_file("metrics.schema.v1.json", svc.run_dir / "metrics.v1.json")
+    svc_metrics = validate_file("metrics.v1", svc.run_dir / "metrics.v1.json")
     assert svc_metrics["metrics_profile"] == "classification.base.v1"
 
 

@@ -17,14 +17,14 @@ from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.inspection import inspect_artifact, inspect_dataset
 from runforged.trust import TrustedWorkspace, TrustStore
-from tests.contracts import CONTRACTS_DIR, validate
+from tests.contracts import IRIS_SAMPLE, validate
 from tests.settings_trust.conftest import FAKE_RUNNER
 
 
 @pytest.fixture
 def trusted(store: TrustStore, workspace: Path) -> TrustedWorkspace:
     (workspace / "data").mkdir()
-    shutil.copy(CONTRACTS_DIR / "iris.csv", workspace / "data" / "iris.csv")
+    shutil.copy(IRIS_SAMPLE, workspace / "data" / "iris.csv")
     (workspace / "models").mkdir()
     (workspace / "models" / "model.pkl").write_bytes(b"pickle bytes")
     store.trust(str(workspace))
@@ -74,11 +74,11 @@ def test_dataset_inspection_returns_the_runforge_inspect_document(
 ) -> None:
     result = dataset(trusted, child_env, label="label")
     document = msgspec.to_builtins(result)
-    validate("inspect.schema.v0.2.2.1.json", document)
+    validate("inspect.v0.2.2.1", document)
     csv = trusted.path / "data" / "iris.csv"
     assert document["dataset_path"] == str(csv)
     assert document["fingerprint_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
-    assert document["num_rows"] == 51
+    assert document["num_rows"] == len(csv.read_text().splitlines()) - 1
     assert document["label_present"] is True
 
 
@@ -93,7 +93,7 @@ def test_artifact_inspection_returns_the_runforge_pipeline_document(
     trusted: TrustedWorkspace, child_env: dict[str, str]
 ) -> None:
     document = msgspec.to_builtins(artifact(trusted, child_env))
-    validate("pipeline.inspect.schema.v0.2.2.2.json", document)
+    validate("pipeline.inspect.v0.2.2.2", document)
     assert document["artifact_path"] == "models/model.pkl"
     assert [step["name"] for step in document["pipeline_steps"]] == ["scaler", "clf"]
 

@@ -19,7 +19,7 @@ from runforged.errors import RunforgeError
 from runforged.inspection import inspect_artifact, inspect_dataset
 from runforged.probes import InterpreterProbes
 from runforged.trust import TrustedWorkspace, TrustStore
-from tests.contracts import CONTRACTS_DIR
+from tests.contracts import IRIS_SAMPLE
 from tests.settings_trust.conftest import FAKE_RUNNER
 
 SPAWNS = ["interpreter check", "gpu probe", "dataset inspect", "artifact inspect"]
@@ -58,7 +58,7 @@ def handle_request(
 
 def populate(workspace: Path) -> None:
     (workspace / "data").mkdir(exist_ok=True)
-    shutil.copy(CONTRACTS_DIR / "iris.csv", workspace / "data" / "iris.csv")
+    shutil.copy(IRIS_SAMPLE, workspace / "data" / "iris.csv")
     (workspace / "models").mkdir(exist_ok=True)
     (workspace / "models" / "model.pkl").write_bytes(b"not really a pickle")
 

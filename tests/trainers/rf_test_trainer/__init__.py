@@ -14,7 +14,7 @@ built-in two-class synthetic table when that is unset).
 
 Every mode writes ``<run dir>/trainer.pid`` once its SIGTERM handling is in place, so a
 test may signal the trainer as soon as that file exists. Events are JSON lines on stderr,
-one ``write(2)`` each, valid against ``events.schema.v1.json`` (plus ``run_failed``); if
+one ``write(2)`` each, valid against the ``events.v1`` format (plus ``run_failed``); if
 stderr's reader goes away the trainer carries on without events.
 
 ``RF_TEST_MODE`` (default ``complete``):

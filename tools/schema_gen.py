@@ -1,13 +1,19 @@
 """Generates the language-neutral contract: JSON Schema of every request, reply and event,
 and golden MessagePack examples for adapter authors to test their codecs against.
 
-Run ``python -m runforge_protocol.schema_gen`` after changing a type in ``protocol/messages.py``; it
-rewrites ``protocol/schema/*.schema.json`` and ``protocol/examples/*.json``. The test suite
-fails while the committed files differ from what this module generates.
+A developer tool, not part of the installed package: run ``python -m tools.schema_gen``
+from the repository root after changing a type in ``protocol/messages.py``; it rewrites
+``protocol/schema/*.schema.json`` and ``protocol/examples/*.json``. The test suite fails
+while the committed files differ from what this module generates.
+
+The output does not depend on which supported msgspec is installed (``_normalise``):
+releases differ in whether a docstring used as a description keeps its indentation, and
+in where ``{"type": "null"}`` goes in the ``anyOf`` of an optional field.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from datetime import datetime, timezone
@@ -16,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+import runforge_protocol
 from runforge_contract.atomicio import write_bytes_atomic
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
@@ -32,14 +39,14 @@ from runforge_protocol.records import (
     RunState,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# protocol/ in a checkout (runforge_protocol is a symlink to it), the unpacked package in
+# an sdist.
+PACKAGE_DIR = Path(runforge_protocol.__file__).resolve().parent
 SCHEMA_DIR = PACKAGE_DIR / "schema"
 EXAMPLES_DIR = PACKAGE_DIR / "examples"
-REGENERATE_COMMAND = "python -m runforge_protocol.schema_gen"
+REGENERATE_COMMAND = "python -m tools.schema_gen"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-GENERATED_NOTE = (
-    f"Generated from runforge_protocol/messages.py by `{REGENERATE_COMMAND}`; do not edit."
-)
+GENERATED_NOTE = f"Generated from protocol/messages.py by `{REGENERATE_COMMAND}`; do not edit."
 
 # The values every example shares, so that the examples read as one story: a workspace,
 # a run that completes, a run that is cancelled by force, a run whose index update failed.
@@ -55,8 +62,31 @@ STARTED_AT = 1740823200.0  # 2025-03-01T10:00:00Z, the daemon's start in the sto
 # --------------------------------------------------------------------------- JSON Schema
 
 
+def _normalise(node: Any) -> Any:
+    """``node`` in one canonical form whatever the msgspec release: every ``description``
+    cleaned as ``inspect.cleandoc`` does, and ``{"type": "null"}`` last in each ``anyOf``
+    (the order of the other alternatives is the type's own)."""
+    if isinstance(node, list):
+        return [_normalise(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "description" and isinstance(value, str):
+            out[key] = inspect.cleandoc(value)
+        elif key == "anyOf" and isinstance(value, list):
+            null = {"type": "null"}
+            out[key] = [_normalise(v) for v in value if v != null] + [
+                null for v in value if v == null
+            ]
+        else:
+            out[key] = _normalise(value)
+    return out
+
+
 def _schema_document(root: Any, title: str, description: str) -> dict[str, Any]:
     (schema,), components = msgspec.json.schema_components([root], ref_template="#/$defs/{name}")
+    schema, components = _normalise(schema), _normalise(components)
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "$comment": GENERATED_NOTE,
