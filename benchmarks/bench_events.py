@@ -1,7 +1,7 @@
 """Figure 6: the event relay. One trainer writes ``train_progress`` events to stderr as
 fast as it can (``benchmarks/flood_trainer``, many lines per write), then at a fixed
-10,000 events/s (``rf_test_trainer``'s ``flood`` mode, one write per event); the daemon
-parses, persists and publishes them to four subscribers."""
+10,000 events/s (``rf_test_trainer``'s ``flood`` mode, one write per event); the run's
+monitor parses, numbers and persists them, the daemon publishes them to four subscribers."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ SUBSCRIBERS = 4
 FIXED_RATE = 10_000
 
 LIMITS = (
-    "The daemon's one event loop does, per event: read the pipe, split lines, JSON-decode "
-    "and check the event, stamp it, append it to events.jsonl, MessagePack-encode it and "
-    "hand it to ZeroMQ (which copies it to each subscriber in its I/O thread). The trainer, "
-    "the daemon and the four subscribers (one Python process here) share two cores, so "
-    "the delivered rate is bounded by the CPU each of them gets and set by the slowest: "
-    "since the daemon's sends got cheaper, the subscribers' one Python thread."
+    "Two hops per event. The run's monitor (standard-library Python) reads the pipe, "
+    "splits lines, JSON-decodes and checks the event, re-encodes it canonically, numbers "
+    "it, appends it to events.jsonl and writes it to the daemon's Unix socket. The daemon's "
+    "one event loop decodes it (msgspec), stamps its daemon-wide seq, MessagePack-encodes "
+    "it and hands it to ZeroMQ (which copies it to each subscriber in its I/O thread). The "
+    "trainer, the monitor, the daemon and the four subscribers (one Python process here) "
+    "share two cores, so the delivered rate is bounded by the CPU each of them gets and "
+    "set by the slowest."
 )
 
 

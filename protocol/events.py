@@ -17,9 +17,11 @@ from __future__ import annotations
 RUN_PREFIX = "run/"
 DAEMON_PREFIX = "daemon/"
 
-# Published by the daemon itself (the runner's own event types pass through unchanged:
-# run_start, dataset_loaded, train_started, train_progress, train_finished,
-# metrics_computed, artifacts_written, cancelling, run_cancelled, run_failed).
+# Published by the daemon itself, or numbered by a run's monitor (``runforged.monitor``
+# imports this module with the standard library alone). The runner's own event types
+# pass through unchanged (run_start, dataset_loaded, train_started, train_progress,
+# train_finished, metrics_computed, artifacts_written, cancelling, run_cancelled,
+# run_failed).
 DAEMON_STARTED = "daemon_started"
 DAEMON_STOPPING = "daemon_stopping"
 RUN_QUEUED = "run_queued"
@@ -31,6 +33,7 @@ RUN_TERMINAL = "run_terminal"  # data: {state, reason, exit_code, partial_artifa
 INDEX_UPDATED = "index_updated"
 INDEX_ORPHANED = "index_orphaned"  # data: {error: {type, message}}
 INVALID_EVENT_LINE = "invalid_event_line"  # data: {reason, line (truncated)}
+LOGS_TRUNCATED = "logs_truncated"  # data: {max_log_bytes, logged_bytes}
 
 
 def workspace_key(workspace: str) -> str:

@@ -79,7 +79,11 @@ class Status(RequestBase, tag="status"):
 
 
 class Shutdown(RequestBase, tag="shutdown"):
-    """Stop the daemon: in-flight runs are cancelled gracefully first."""
+    """Stop the daemon: in-flight runs are cancelled gracefully first, unless
+    ``keep_runs``: then they are left to their monitors (and queued runs stay queued on
+    disk) for the next daemon to take over."""
+
+    keep_runs: bool = False
 
 
 class TrustPath(RequestBase, tag="trust"):
@@ -322,6 +326,7 @@ class ShutdownResult(ResultBase, tag="shutdown"):
 
     cancelling_runs: list[str] = []
     pid: int = 0  # the daemon's pid, so a client can wait for the process to be gone
+    kept_runs: list[str] = []  # with keep_runs: the runs left running (or queued)
 
 
 class TrustResult(ResultBase, tag="trust"):

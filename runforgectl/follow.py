@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
-from runforgectl.client import Client
+from runforgectl.client import Client, DaemonUnavailable
 from runforgectl.output import duration, truncate
 
 # With no event for this long, ask the daemon directly (covers a terminal event that was
@@ -35,7 +35,7 @@ def follow_run(
     def replay() -> bool:
         nonlocal last, terminal
         while True:
-            result = client.result(m.Replay(workspace=workspace, run_id=run_id, since=last))
+            result = _replay_across_restarts(client, workspace, run_id, last)
             assert isinstance(result, m.ReplayResult)
             for event in result.events:
                 if event.run_seq > last:
@@ -71,6 +71,25 @@ def follow_run(
                 break
             idle_since = time.monotonic()
     return terminal
+
+
+# A daemon restart (its runs carry on under their monitors) is waited out this long.
+RESTART_PATIENCE_S = 60.0
+
+
+def _replay_across_restarts(client: Client, workspace: str, run_id: str, since: int) -> m.Result:
+    """``replay``, retried while the daemon is away (restarting): the run goes on under
+    its monitor, and the next daemon answers from where we left off."""
+    give_up = time.monotonic() + RESTART_PATIENCE_S
+    while True:
+        try:
+            return client.result(
+                m.Replay(workspace=workspace, run_id=run_id, since=since), timeout_s=2.0
+            )
+        except DaemonUnavailable:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.1)
 
 
 class ProgressDisplay:

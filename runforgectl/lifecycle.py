@@ -1,5 +1,6 @@
 """The daemon's life cycle seen from the client: is one answering, start one in the
-background, wait for one to go, write the systemd user unit."""
+background, wait for one to go, find the systemd unit running it, write the systemd user
+unit."""
 
 from __future__ import annotations
 
@@ -56,6 +57,30 @@ def process_alive(pid: int) -> bool:
             return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Stopped means the process is gone (its socket files go just before it exits)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not process_alive(pid)
+
+
+def systemd_unit_of(pid: int) -> str | None:
+    """The systemd service running ``pid`` (from its cgroup), or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name = line.rpartition("/")[2]
+        if name.endswith(".service") and not name.startswith("user@"):
+            return name
+    return None
 
 
 def unit_dir() -> Path:

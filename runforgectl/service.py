@@ -2,10 +2,12 @@
 
 # Type=notify: runforged sends READY=1 once its sockets are bound, WATCHDOG=1 every
 # WatchdogSec/2, STOPPING=1 when it begins to stop.
-# KillMode=mixed: `systemctl stop` sends SIGTERM to runforged only, which cancels every
-# run with its grace window (SIGTERM to each trainer first, never to its data-loader
-# workers at the same moment); whatever is left in the cgroup after TimeoutStopSec is
-# SIGKILLed by systemd.
+# KillMode=process: systemd signals runforged only, never the per-run monitors that share
+# its cgroup, so a crash (Restart=on-failure) or `systemctl --user restart` leaves every
+# run to its monitor and the new daemon re-attaches. On SIGTERM runforged asks systemd
+# which job stops it: a restart keeps the runs; a plain `systemctl --user stop` cancels
+# every run with its grace window (SIGTERM to each trainer first, never to its
+# data-loader workers at the same moment) and waits for them before it exits.
 # TimeoutStopSec must exceed the longest cancel grace in use (default 5 s) plus the
 # runner's flush; 90 s leaves room for a generous cancelGraceSeconds.
 UNIT_TEMPLATE = """\
@@ -20,7 +22,7 @@ Restart=on-failure
 RestartSec=2
 WatchdogSec=30
 TimeoutStopSec=90
-KillMode=mixed
+KillMode=process
 Environment=PYTHONUNBUFFERED=1
 
 [Install]

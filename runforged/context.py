@@ -23,6 +23,7 @@ from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
+from runforged.monitor_executor import MonitorExecutor
 from runforged.probes import InterpreterProbes, choose_device
 from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
@@ -147,6 +148,9 @@ class DaemonContext:
             indexes=self.indexes,
             state_dir=self.state_dir,
             executors=self.executors,
+            # Every local run gets its own monitor (it outlives the daemon); the local
+            # executor only reconciles trainers of daemons from before monitors.
+            monitors=MonitorExecutor(),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -164,9 +168,12 @@ class DaemonContext:
         )
         if outcomes:
             log.info("reconciled_runs", runs={run_id: s.value for run_id, s in outcomes})
+        taken = self.supervisor.resume(lambda workspace: self.trust.require(str(workspace)))
+        if taken:
+            log.info("runs_taken_over", runs=taken)
 
-    async def stop(self) -> None:
-        await self.supervisor.shutdown()
+    async def stop(self, *, keep_runs: bool = False) -> None:
+        await self.supervisor.shutdown(keep_runs=keep_runs)
         await self.indexes.aclose()
         self.trainer_path.remove()
 
@@ -327,6 +334,7 @@ class DaemonContext:
             grace_s=settings.cancel_grace_seconds,
             max_concurrent=settings.max_concurrent_runs,
             max_concurrent_global=settings.max_concurrent_runs_global,
+            max_log_bytes=settings.max_log_bytes,
             executor=settings.executor,
             placement=placement,
         )

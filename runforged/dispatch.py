@@ -94,8 +94,8 @@ class Dispatcher:
     async def start(self) -> None:
         await self.ctx.start()
 
-    async def stop(self) -> None:
-        await self.ctx.stop()
+    async def stop(self, *, keep_runs: bool = False) -> None:
+        await self.ctx.stop(keep_runs=keep_runs)
 
     def answer_for(self, request_type: type) -> Answer | None:
         return self._answers.get(request_type)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from runforge_contract.layout import OUTPUTS_DIR
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import OrphanInfo
 from runforge_protocol.records import (
@@ -54,6 +55,7 @@ from runforged.run_folder import (
     delete_index_orphan_marker,
     write_index_orphan_marker,
 )
+from runforged.run_records import remove_stale_temp_files
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +141,9 @@ class IndexWriter:
         ``in_flight``: the run ids the daemon owns right now; a live view (dict keys) is
         fine, only ``in`` is used. Those folders are counted in ``report.in_flight``.
         """
+        outputs = self.workspace / OUTPUTS_DIR
+        # Temp files of index writes that were interrupted (a killed daemon).
+        await asyncio.to_thread(remove_stale_temp_files, outputs)
         report: RecoveryReport = await self._call(lambda: recover_index(self.index, in_flight))
         return report
 

@@ -196,6 +196,33 @@ def reconciled(evidence: Evidence, *, was_alive: bool) -> Classification:
     )
 
 
+def monitor_lost(evidence: Evidence, *, rebooted: bool) -> Classification:
+    """A run whose monitor is gone without an exit status. After a reboot the trainer
+    died with the machine: lost. Otherwise the monitor was killed (SIGKILL, OOM) and its
+    trainer with it (PR_SET_PDEATHSIG): the folder decides, read as after a SIGKILL."""
+    if rebooted:
+        return Classification(RunState.LOST, "the machine restarted while the run was in flight")
+    if evidence.run_json_usable and evidence.artifacts_written:
+        return Classification(
+            RunState.COMPLETED,
+            "completed; its monitor was killed before it recorded the exit status",
+        )
+    verdict = classify_terminal_state(
+        exit_code=-9,
+        cancel_requested=evidence.cancel_requested,
+        artifacts_written=evidence.artifacts_written,
+        run_json_exists=evidence.run_json_usable,
+        marker_valid=evidence.marker_valid,
+        run_cancelled=evidence.run_cancelled,
+        killed=False,
+    )
+    return Classification(
+        verdict.state,
+        "its monitor was killed, and the trainer with it (a trainer never runs "
+        f"unmonitored): {verdict.reason}",
+    )
+
+
 def state_on_disk(*, indexed: bool, result: ResultRecord | None, run_json_usable: bool) -> RunState:
     """A finished run described from its folder (not live in this daemon): indexed means
     completed; else ``result.json``'s verdict; else a usable ``run.json`` (a run made by

@@ -180,6 +180,8 @@ def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: in
         rel_dir = relative_run_dir(name)
         if index.lists_run_dir(rel_dir):
             scan.already_indexed += 1
+            # A recover killed between its index write and its marker deletion left one.
+            _delete_stale_marker(runs_fd, runs_dir, name)
             continue
         outcome = _classify_folder(runs_fd, runs_dir, name, index, candidate_ids)
         if outcome is None:

@@ -41,7 +41,7 @@ from runforge_protocol.messages import (
 )
 from runforged.errors import RunforgeError
 from runforged.runtime import DaemonLock, prepare_runtime_dir
-from runforged.sdnotify import SystemdNotifier
+from runforged.sdnotify import SystemdNotifier, stopped_for_restart
 
 log = structlog.get_logger("runforged.server")
 
@@ -61,7 +61,7 @@ class Application(Protocol):
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, *, keep_runs: bool = False) -> None: ...
 
     def answer_for(self, request_type: type) -> Answer | None: ...
 
@@ -107,6 +107,13 @@ class EventPublisher:
             self._socket.send(self._encoder.encode(event), zmq.NOBLOCK)
         self._counters.events_published += 1
 
+    def relay(self, topic: bytes, event: Event) -> None:
+        """Publish an event numbered and persisted elsewhere (a run's monitor): it gets
+        its daemon-wide ``seq`` here."""
+        self._seq += 1
+        event.seq = self._seq
+        self.send(topic, event)
+
     def daemon_event(self, event_type: str, data: dict[str, Any]) -> Event:
         event = self.stamp(event_type, data)
         self.send(ev.daemon_topic(event_type), event)
@@ -124,6 +131,9 @@ class Daemon:
         self.started = time.monotonic()
         self.pid = os.getpid()
         self.stopping = False
+        # Leave runs to their monitors when stopping (a restart), instead of cancelling.
+        self.keep_runs = False
+        self._stop_signal: int | None = None
         self._lock = DaemonLock(endpoints)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._router: zmq.Socket[bytes] | None = None
@@ -205,11 +215,14 @@ class Daemon:
         await self._stop_requested.wait()
 
         self.stopping = True
-        log.info("daemon_stopping")
+        if self._stop_signal == signal.SIGTERM and not self.keep_runs:
+            # `systemctl --user restart` and `stop` both send SIGTERM: ask which it is.
+            self.keep_runs = await asyncio.to_thread(stopped_for_restart)
+        log.info("daemon_stopping", keep_runs=self.keep_runs)
         self.notifier.stopping()
         self.publisher.daemon_event(ev.DAEMON_STOPPING, {"pid": self.pid})
         if self._app is not None:
-            await self._app.stop()
+            await self._app.stop(keep_runs=self.keep_runs)
         # Let in-flight request handlers finish and their replies leave.
         pending = [t for t in self._tasks if t is not watchdog]
         if pending:
@@ -224,9 +237,11 @@ class Daemon:
             signal.signal(signum, signal.SIG_IGN)
         log.info("daemon_stopped")
 
-    def request_stop(self, signum: int | None = None) -> None:
+    def request_stop(self, signum: int | None = None, *, keep_runs: bool = False) -> None:
         if signum is not None:
             log.info("signal_received", signal=signal.Signals(signum).name)
+            self._stop_signal = self._stop_signal or signum
+        self.keep_runs = self.keep_runs or keep_runs
         if self._stop_requested is not None:
             self._stop_requested.set()
 

@@ -18,6 +18,7 @@ maxConcurrentRuns             yes   yes        no
 maxConcurrentRunsGlobal       yes   no         no
 executor, rayAddress          yes   yes        yes
 rayResources, rayEnvVars      yes   yes        no
+maxLogBytes                   yes   yes        no
 ============================  ====  =========  =======
 
 A workspace is someone else's repository as often as it is the user's own, so it must not
@@ -317,6 +318,7 @@ class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
     ray_address: str = DEFAULT_RAY_ADDRESS
     ray_resources: dict[str, float] = {}
     ray_env_vars: list[str] = []
+    max_log_bytes: int = 64 << 20
     origins: dict[str, SettingOrigin]
     warnings: list[SettingsWarning] = []
     # The files consulted, shown even when absent so users know where to put settings.
@@ -369,6 +371,12 @@ def _seconds(value: Any) -> Any:
     if not 0 <= value <= MAX_GRACE_S:
         raise _InvalidValue(f"a number of seconds from 0 to {MAX_GRACE_S:g}")
     return float(value)
+
+
+def _log_cap(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 40:
+        raise _InvalidValue("an integer of bytes from 1024 to 2**40")
+    return value
 
 
 def _positive_int(value: Any) -> Any:
@@ -440,6 +448,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("rayAddress", "ray_address", _ray_address),
     _Setting("rayResources", "ray_resources", _resources, request_may_set=False),
     _Setting("rayEnvVars", "ray_env_vars", _env_names, request_may_set=False),
+    _Setting("maxLogBytes", "max_log_bytes", _log_cap, request_may_set=False),
 )
 _BY_KEY = {setting.key: setting for setting in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -462,6 +471,7 @@ def _defaults(default_python: str) -> dict[str, Any]:
         "rayAddress": DEFAULT_RAY_ADDRESS,
         "rayResources": {},
         "rayEnvVars": [],
+        "maxLogBytes": 64 << 20,
     }
 
 

@@ -647,6 +647,12 @@ def event_examples() -> list[GoldenExample]:
         },
         t + 1801.0,
     )
+    s.run(
+        failed,
+        ev.LOGS_TRUNCATED,
+        {"max_log_bytes": 67108864, "logged_bytes": 67108800},
+        t + 1801.25,
+    )
     s.trainer(
         failed,
         "run_failed",

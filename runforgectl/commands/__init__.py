@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "daemon",
         "daemon",
-        "start, stop or install the daemon as a systemd user service",
+        "start, stop, restart or install the daemon as a systemd user service",
         "runforgectl daemon start",
         False,
     ),

@@ -1,11 +1,10 @@
-"""``ping``, ``status`` and ``daemon start|stop|install-service``."""
+"""``ping``, ``status`` and ``daemon start|stop|restart|install-service``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from runforge_protocol import messages as m
@@ -98,8 +97,9 @@ def cmd_daemon_start(ctx: Context) -> int:
 def cmd_daemon_stop(ctx: Context) -> int:
     from runforgectl import lifecycle
 
+    keep_runs = bool(getattr(ctx.args, "keep_runs", False))
     try:
-        result: m.ShutdownResult = ctx.call(m.Shutdown())
+        result: m.ShutdownResult = ctx.call(m.Shutdown(keep_runs=keep_runs))
     except DaemonUnavailable:
         if ctx.json:
             output.print_json({"stopped": False, "running": False})
@@ -110,18 +110,50 @@ def cmd_daemon_stop(ctx: Context) -> int:
         print(
             f"cancelling {len(result.cancelling_runs)} run(s): {', '.join(result.cancelling_runs)}"
         )
-    # Stopped means the process is gone (its socket files go just before it exits).
-    deadline = time.monotonic() + max(ctx.args.timeout, 60)
-    while lifecycle.process_alive(result.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    stopped = not lifecycle.process_alive(result.pid)
+    if result.kept_runs and not ctx.json:
+        print(f"leaving {len(result.kept_runs)} run(s) to their monitors")
+    stopped = lifecycle.wait_gone(result.pid, max(ctx.args.timeout, 60))
     if ctx.json:
-        output.print_json({"stopped": stopped, "cancelled_runs": result.cancelling_runs})
+        output.print_json(
+            {
+                "stopped": stopped,
+                "cancelled_runs": result.cancelling_runs,
+                "kept_runs": result.kept_runs,
+            }
+        )
     elif stopped:
         print("runforged stopped")
     else:
         print("runforged did not stop in time", file=sys.stderr)
     return EXIT_OK if stopped else EXIT_UNAVAILABLE
+
+
+def cmd_daemon_restart(ctx: Context) -> int:
+    """Restart keeping every run: the old daemon leaves them to their monitors, the new
+    one re-attaches. Under systemd, the service is restarted (the unit keeps runs too)."""
+    from runforgectl import lifecycle
+
+    pid = lifecycle.running_pid(ctx.endpoints)
+    unit = lifecycle.systemd_unit_of(pid) if pid is not None else None
+    if unit is not None:
+        import subprocess  # only here: start-up cost
+
+        restarted = subprocess.run(["systemctl", "--user", "restart", unit], check=False)
+        if restarted.returncode != 0:
+            return EXIT_UNAVAILABLE
+    else:
+        if pid is not None:
+            result: m.ShutdownResult = ctx.call(m.Shutdown(keep_runs=True))
+            if not lifecycle.wait_gone(result.pid, max(ctx.args.timeout, 60)):
+                print("runforged did not stop in time", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+        lifecycle.start_detached(ctx.endpoints, ctx.args.timeout)
+    hello = ctx.call(m.Hello(client="runforgectl"))
+    if ctx.json:
+        output.print_json(hello)
+    else:
+        print(f"runforged restarted (pid {hello.pid}); runs in flight carry on")
+    return EXIT_OK
 
 
 def cmd_daemon_install_service(ctx: Context) -> int:
@@ -161,7 +193,13 @@ DAEMON_ACTIONS = (
         "stop",
         cmd_daemon_stop,
         "stop the daemon (cancels in-flight runs gracefully)",
-        "runforgectl daemon stop",
+        "runforgectl daemon stop --keep-runs",
+    ),
+    (
+        "restart",
+        cmd_daemon_restart,
+        "restart the daemon; runs in flight carry on",
+        "runforgectl daemon restart",
     ),
     (
         "install-service",
@@ -191,6 +229,12 @@ def configure(name: str, parser: argparse.ArgumentParser, common: argparse.Argum
                 parents=[common],
             )
             p.set_defaults(fn=fn)
+            if action == "stop":
+                p.add_argument(
+                    "--keep-runs",
+                    action="store_true",
+                    help="leave runs in flight to their monitors (the next daemon takes them over)",
+                )
             if action == "install-service":
                 p.add_argument(
                     "--dest",

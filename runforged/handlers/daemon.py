@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from runforge_protocol.messages import (
     PROTOCOL_VERSION,
@@ -60,5 +61,9 @@ async def status(ctx: DaemonContext, request: Status) -> StatusResult:
 def shutdown(ctx: DaemonContext, request: Shutdown) -> ShutdownResult:
     in_flight = sorted(ctx.supervisor.in_flight_ids())
     # Answer first; the stop begins on the next loop iteration.
-    asyncio.get_running_loop().call_soon(ctx.server.request_stop)
+    asyncio.get_running_loop().call_soon(
+        functools.partial(ctx.server.request_stop, keep_runs=request.keep_runs)
+    )
+    if request.keep_runs or ctx.server.keep_runs:
+        return ShutdownResult(kept_runs=in_flight, pid=ctx.server.pid)
     return ShutdownResult(cancelling_runs=in_flight, pid=ctx.server.pid)

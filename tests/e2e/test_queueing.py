@@ -22,15 +22,16 @@ def trainer_started(workspace: Path, run_id: str) -> bool:
     return (run_dir(workspace, run_id) / "trainer.pid").exists()
 
 
-def spawned_seq(workspace: Path, run_id: str) -> int:
-    """The daemon-wide sequence number of the run's ``run_spawned`` event."""
-    [seq] = [e["seq"] for e in events_on_disk(workspace, run_id) if e["type"] == "run_spawned"]
-    return int(seq)
+def spawned_seq(workspace: Path, run_id: str) -> float:
+    """When the run's ``run_spawned`` event was stamped (by its monitor, so the on-disk
+    daemon-wide ``seq`` is 0: the time orders runs across monitors)."""
+    [ts] = [e["ts"] for e in events_on_disk(workspace, run_id) if e["type"] == "run_spawned"]
+    return float(ts)
 
 
-def terminal_seq(workspace: Path, run_id: str) -> int:
-    [seq] = [e["seq"] for e in events_on_disk(workspace, run_id) if e["type"] == "run_terminal"]
-    return int(seq)
+def terminal_seq(workspace: Path, run_id: str) -> float:
+    [ts] = [e["ts"] for e in events_on_disk(workspace, run_id) if e["type"] == "run_terminal"]
+    return float(ts)
 
 
 def test_by_default_one_run_per_workspace_and_the_rest_queue_in_fifo_order(

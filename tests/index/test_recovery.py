@@ -178,6 +178,32 @@ def test_recovery_deletes_the_stale_marker_of_each_run_it_indexed(tmp_path: Path
     )
 
 
+def test_a_marker_left_on_an_indexed_run_by_an_interrupted_recovery_is_removed(
+    tmp_path: Path,
+) -> None:
+    """A recover killed between its index write and its marker deletion leaves an
+    indexed run with its .index-orphan marker: the next recover removes it."""
+    marked = orphaned_run(tmp_path, 1)
+    recover(tmp_path)
+    write_index_orphan_marker(tmp_path, run_id_at(1), OSError(28, "No space left on device"))
+
+    report = recover(tmp_path)
+
+    assert report.recovered == [] and report.already_indexed == 1
+    assert not (marked / ".index-orphan").exists()
+
+
+def test_interrupted_index_writes_leave_no_temp_file_after_recovery(tmp_path: Path) -> None:
+    completed_run(tmp_path, 1)
+    recover(tmp_path)
+    stale = index_path(tmp_path).parent / ".index.json.tmp.999999999.7f"
+    stale.write_text("{")
+
+    recover(tmp_path)
+
+    assert not stale.exists()
+
+
 def test_cancelled_runs_stay_out_of_the_index(tmp_path: Path) -> None:
     graceful = cancelled_run(tmp_path, 1)  # .cancelled marker, no run.json
     forced = cancelled_run(tmp_path, 2, graceful=False)  # only the daemon's verdict

@@ -102,6 +102,28 @@ Hostile modes (``hostile.py``: trusted code attacking the daemon through its run
     hold the honest checkpoint beside ``..``, absolute and NUL-bearing paths; emits
     ``run_cancelled {graceful: true}`` and exits 143.
 
+Output and process faults (``faults.py``):
+
+``codec_garbage``
+    run_start, dataset_loaded, train_started, then nine event lines no codec of the
+    daemon can carry, in this order: ``epoch`` 10**30; ``epoch`` -2**63-1; a ``pad`` nested
+    5,000 levels deep; one nested 100 levels deep; ``loss`` NaN; ``loss`` Infinity;
+    ``loss`` 1e400; a lone surrogate escape ``"\\ud800"``; bytes that are not UTF-8.
+    Then one train_progress and a normal completion (exit 0).
+``flood_stdout``
+    run_start, dataset_loaded, train_started, then ``RF_TEST_FLOOD_BYTES`` (default 50 MB)
+    of 100-byte stdout lines as fast as possible, with one 3 MiB line half-way; then a
+    normal completion.
+``double_fork``
+    run_start, dataset_loaded; a child forks a grandchild into its own session (it ignores
+    SIGTERM, keeps stdout/stderr open, sleeps 10 minutes) and exits at once, so the
+    grandchild's parent is gone; its pid goes to ``tree.json`` (``{"trainer", "descendants":
+    [{"pid", "role": "escaped"}]}``); then a normal completion (``RF_TEST_STEPS`` steps of
+    ``RF_TEST_STEP_S``).
+
+Any ``--param RF_TEST_<NAME>=<value>`` sets that variable for this run only (the chaos
+command mixes modes in one daemon this way).
+
 Other environment variables: ``RF_TEST_STEPS`` (default 3, or 600 for the slow modes),
 ``RF_TEST_STEP_S`` (default 0, or 0.1 for the slow modes), ``RF_TEST_FLUSH_S`` (default 1).
 

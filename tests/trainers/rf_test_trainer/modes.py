@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from rf_test_trainer.faults import codec_garbage, double_fork, flood_stdout
 from rf_test_trainer.hostile import HOSTILE_MODES
 from rf_test_trainer.run_folder import EXIT_CANCELLED, RunFolder, utc_now, write_stderr
 from rf_test_trainer.workers import start_descendants, worker_main
@@ -267,6 +268,9 @@ MODES: dict[str, Callable[[RunFolder], int]] = {
     "fail": fail,
     "exit0_no_runjson": exit0_no_runjson,
     "flood": flood,
+    "codec_garbage": codec_garbage,
+    "flood_stdout": flood_stdout,
+    "double_fork": double_fork,
     "garbage": garbage,
     "crash_midwrite": crash_midwrite,
     "sigterm_probe": sigterm_probe,
@@ -283,11 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, help="the run folder")
     train.add_argument("--preset", default="std-train")
     train.add_argument("--model", default="logistic_regression")
+    train.add_argument("--param", action="append", default=[])
     worker = commands.add_parser("worker", help="a descendant for the grandchildren mode")
     worker.add_argument("--spawn-grandchild", action="store_true")
     args, _ignored = parser.parse_known_args(argv)
     if args.command == "worker":
         return worker_main(args.spawn_grandchild)
+    for param in args.param:  # --param RF_TEST_X=value: this run's own switch
+        name, _, value = param.partition("=")
+        if name.startswith("RF_TEST_"):
+            os.environ[name] = value
     mode = os.environ.get(MODE_ENV, "complete")
     if mode not in MODES:
         parser.error(f"unknown {MODE_ENV}={mode!r}; one of: {', '.join(MODES)}")

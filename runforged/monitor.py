@@ -1,0 +1,1055 @@
+"""The per-run monitor: the trainer's parent, which outlives the daemon.
+
+Like SLURM's ``slurmstepd`` or podman's ``conmon``, one small process per run owns
+everything that must not die with ``runforged``: it spawns the trainer and is its parent,
+holds its stdout and stderr, turns stderr event lines into the run's events (numbered
+``run_seq`` and appended to ``events.jsonl``), copies the rest into a capped
+``logs.txt``, keeps a cancel's deadline, kills the whole process tree when the trainer is
+reaped or the deadline passes, and writes the trainer's exit status atomically to its
+record folder. The daemon connects to it over a Unix socket (``attach``), receives the
+events from the ``run_seq`` it names on, and can ask it to cancel; it may come and go
+any number of times while the run goes on.
+
+Standard library only, with no daemon code, so that it is small (RSS and start-up are in
+BENCHMARKS.md) and runs as ``python -I -S runforged/monitor.py RECORD_DIR`` under the
+daemon's interpreter, never the user's. The daemon imports this module for the record
+layout and readers below (``read_monitor_record``, ``read_exit_record``...), so there is
+one definition of each file.
+
+Record folder (``<state dir>/runs/<run id>/``, private to the user):
+
+- ``accepted.json``: written by the daemon when it accepts the run; ``spec`` is what the
+  monitor needs (argv, env, working directory, run folder, grace, log cap);
+- ``lock``: held (``flock``) by the monitor for as long as it lives, so a live monitor is
+  told from a dead one without trusting a pid;
+- ``monitor.json``: the monitor's and the trainer's pid, start time and boot id;
+- ``monitor.sock``: where the daemon attaches;
+- ``exit.json``: the trainer's exit status, written atomically once it is reaped and its
+  process tree is gone (the run's events and logs are on disk by then);
+- ``monitor.log``: the monitor's own diagnostics.
+
+Escaped descendants: the monitor is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a
+process the trainer started and whose parent exited is re-parented to the monitor, not to
+init; every process below the monitor is killed when the trainer is reaped or at the
+cancel deadline. The trainer gets ``PR_SET_PDEATHSIG(SIGKILL)``: if the monitor itself is
+killed, the trainer dies with it rather than run unmonitored (the daemon then sweeps what
+is left, see TRUST_MODEL.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+if __name__ == "__main__":
+    # Run as a script under -I -S: the contract package sits beside ours (checkout or
+    # site-packages); appended, so it can never shadow the standard library.
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS, RUN_START
+from runforge_protocol.events import (
+    CANCEL_COUNTDOWN,
+    CANCEL_ESCALATED,
+    CANCEL_REQUESTED,
+    INVALID_EVENT_LINE,
+    LOGS_TRUNCATED,
+    RUN_SPAWNED,
+)
+
+ACCEPTED = "accepted.json"
+LOCK = "lock"
+MONITOR_RECORD = "monitor.json"
+SOCKET = "monitor.sock"
+EXIT_RECORD = "exit.json"
+MONITOR_LOG = "monitor.log"
+
+EVENTS_FILE = "events.jsonl"
+LOGS_FILE = "logs.txt"
+
+READ_CHUNK = 1 << 16
+MAX_LINE = 1 << 20  # a longer stdout/stderr line is cut here
+MAX_EVENT_DEPTH = 32  # nesting of arrays/objects in one event
+DEFAULT_MAX_LOG_BYTES = 64 << 20
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what the daemon's MessagePack codec encodes
+CLIENT_BACKLOG_BYTES = 1 << 20  # past this, a slow client catches up from events.jsonl
+PIPE_DRAIN_S = 2.0  # after the tree is killed, how long to wait for the pipes' EOF
+KILL_SETTLE_S = 10.0  # how long to keep killing and reaping what is left of the tree
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# ---------------------------------------------------------------------- records
+
+
+def utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        return handle.read().strip()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    None if there is no such process. With the boot id, it tells a process from a later
+    one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Temp file beside ``path``, fsync, rename, fsync the folder (0600)."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A small JSON object file, or None if absent, unreadable or not an object."""
+    try:
+        with open(path, "rb") as handle:
+            value = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_monitor_record(record_dir: str) -> dict[str, Any] | None:
+    return read_json(os.path.join(record_dir, MONITOR_RECORD))
+
+
+def read_exit_record(record_dir: str) -> dict[str, Any] | None:
+    return read_json(os.path.join(record_dir, EXIT_RECORD))
+
+
+def monitor_is_running(record_dir: str) -> bool:
+    """Whether a live monitor holds the run's lock (never fooled by a reused pid: the lock
+    dies with the process that took it)."""
+    try:
+        fd = os.open(os.path.join(record_dir, LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # also releases the lock if we took it
+    return False
+
+
+def same_process(record: dict[str, Any], prefix: str) -> bool:
+    """Whether ``record[prefix + "pid"]`` is still the process recorded (same boot, same
+    start time, not a zombie)."""
+    pid, ticks = record.get(prefix + "pid"), record.get(prefix + "start_ticks")
+    if not isinstance(pid, int) or not isinstance(ticks, int) or pid <= 0:
+        return False
+    if record.get("boot_id") != boot_id():
+        return False
+    return start_ticks(pid) == ticks and not is_zombie(pid)
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, parents before children."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children", "rb") as listing:
+                    children = [int(c) for c in listing.read().split()]
+            except OSError:
+                continue
+            for child in children:
+                if child not in found:
+                    found.append(child)
+                    pending.append(child)
+    return found
+
+
+def processes_of_run(run_id: str, exclude: int = 0) -> list[int]:
+    """Live processes of this user whose environment names ``run_id`` (every process a
+    run started inherits ``RUNFORGE_RUN_ID`` unless it cleared its environment): the sweep
+    for a run whose monitor is gone."""
+    needle = f"RUNFORGE_RUN_ID={run_id}".encode()
+    uid = os.getuid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (os.getpid(), exclude):
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and not is_zombie(int(name)):
+            found.append(int(name))
+    return found
+
+
+# ---------------------------------------------------------------------- event lines
+
+
+class InvalidEvent(Exception):
+    """A line that claims to be an event but is not a valid one; the message says why."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# Called by the C scanner only for NaN/Infinity: integers and floats keep its fast path.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# An escaped UTF-16 surrogate: a pair is fine, a lone one is not valid for msgspec.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_INF = math.inf
+
+
+def _check_values(container: Any, depth: int) -> None:
+    """Integers in the 64-bit range, finite floats, depth at most MAX_EVENT_DEPTH."""
+    for value in container.values() if type(container) is dict else container:
+        kind = type(value)
+        if kind is int:
+            if not INT_MIN <= value <= INT_MAX:
+                raise InvalidEvent(f"integer {str(value)[:40]} is out of the 64-bit range")
+        elif kind is float:
+            if value != value or value == _INF or value == -_INF:
+                raise InvalidEvent("a number is out of the double range (or NaN)")
+        elif kind is dict or kind is list:
+            if depth >= MAX_EVENT_DEPTH:
+                raise InvalidEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+            _check_values(value, depth + 1)
+
+
+def parse_event(line: bytes) -> tuple[str, bytes] | None:
+    """``(event type, the event object as JSON)`` for an event line, None for a plain log
+    line; raises InvalidEvent. Only what the daemon's codecs accept passes: 64-bit
+    integers, finite numbers, valid UTF-8 without lone surrogates, depth at most 32. The
+    line itself is returned when it holds no surrogate escape (the hot path), else its
+    canonical re-encoding."""
+    stripped = line.strip()
+    if not stripped.startswith((b"{", b"[")):
+        return None
+    if len(stripped) > MAX_EVENT_LINE:
+        raise InvalidEvent(f"event line of {len(stripped)} bytes exceeds {MAX_EVENT_LINE}")
+    try:
+        obj = _decoder.decode(stripped.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidEvent("not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidEvent(f"not valid JSON: {str(exc)[:200]}") from None
+    if type(obj) is not dict:
+        raise InvalidEvent(f"JSON {type(obj).__name__}, not an event object")
+    kind = obj.get("event")
+    if type(kind) is not str:
+        raise InvalidEvent("JSON object without a string 'event' field")
+    required = RELAYED_FIELDS.get(kind)
+    if required is None:
+        raise InvalidEvent(f"unknown event type {kind[:100]!r}")
+    if type(obj.get("timestamp")) is not str:
+        raise InvalidEvent(f"{kind}: missing or non-string 'timestamp'")
+    for name, kinds in required.items():
+        value = obj.get(name)
+        if (
+            value is None
+            or not isinstance(value, kinds)
+            or (kinds is INT_TYPE and isinstance(value, bool))
+        ):
+            raise InvalidEvent(f"{kind}: missing or mistyped field {name!r}")
+    _check_values(obj, 1)
+    if _SURROGATE_ESCAPE.search(stripped) is None:
+        return kind, stripped
+    try:
+        canonical = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("a string holds a lone UTF-16 surrogate") from None
+    return kind, canonical
+
+
+# ---------------------------------------------------------------------- the monitor
+
+
+class _Client:
+    """One attached daemon connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = bytearray()
+        self.attached = False
+        self.sent_seq = 0  # the highest run_seq queued for this client
+        self.behind = False  # live events skipped: catch up from events.jsonl
+
+
+class _Pipe:
+    def __init__(self, fd: int, events: bool) -> None:
+        self.fd = fd
+        self.events = events
+        self.pending = b""
+        self.cut = False  # the current line is over MAX_LINE: drop its rest
+
+
+class Monitor:
+    def __init__(self, record_dir: str, spec: dict[str, Any], run_seq: int) -> None:
+        self.record_dir = record_dir
+        self.spec = spec
+        self.run_id: str = spec["run_id"]
+        self.run_dir: str = spec["run_dir"]
+        self.run_seq = run_seq
+        self.max_log_bytes = int(spec.get("max_log_bytes") or DEFAULT_MAX_LOG_BYTES)
+        self.default_grace_s = float(spec.get("grace_s", 5.0))
+        self._prefix = (
+            b',"workspace":'
+            + json.dumps(spec["workspace"]).encode()
+            + b',"run_id":'
+            + json.dumps(self.run_id).encode()
+            + b',"data":'
+        )
+        self.sel = selectors.DefaultSelector()
+        self.clients: list[_Client] = []
+        self.pipes: list[_Pipe] = []
+        self.trainer_pid = 0
+        self.exit_code: int | None = None
+        self.spawn_error = ""
+        self.cancel_requested = False
+        self.cancel_requested_at: float | None = None  # wall clock
+        self.deadline: float | None = None  # monotonic
+        self.next_countdown: int | None = None
+        self.killed = False
+        self.escalated = False
+        # run_start seen: the trainer's SIGTERM handler is in place. Before it, SIGTERM's
+        # default action would kill the trainer with nothing flushed, so a cancel holds it.
+        self.announced = False
+        self.term_held = False
+        self.invalid_lines = 0
+        self.log_bytes = 0
+        self.log_cut_bytes = 0
+        self.log_cut_lines = 0
+        self.log_truncated = False
+        self.write_failures: dict[str, str] = {}
+        self.events_file: Any = None
+        self.logs_file: Any = None
+        self.listener: socket.socket | None = None
+        self.lock_fd = -1
+        self.wake_r = -1
+        self._batch_ts = b""
+        self._unflushed = False  # events.jsonl holds lines not yet handed to the kernel
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        """Take the lock, open the run's files, listen, spawn the trainer, record it."""
+        if self.lock_fd < 0:
+            self.lock_fd = os.open(
+                os.path.join(self.record_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        # Usually a no-op: the daemon passes the lock already taken, so that no moment
+        # exists between its spawn and our start in which the run looks unowned.
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.set_inheritable(self.lock_fd, False)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.events_file = open(  # noqa: SIM115 - lives with the monitor
+            os.path.join(self.run_dir, EVENTS_FILE), "ab", buffering=1 << 16
+        )
+        self.logs_file = open(  # noqa: SIM115
+            os.path.join(self.run_dir, LOGS_FILE), "ab", buffering=1 << 16
+        )
+        with contextlib.suppress(OSError):
+            self.log_bytes = os.fstat(self.logs_file.fileno()).st_size
+        sock_path = os.path.join(self.record_dir, SOCKET)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            self.listener.bind(sock_path)
+        finally:
+            os.umask(old_umask)
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "listener")
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r = wake_r
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # handled in the loop: a cancel
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self._spawn()
+        record = {
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "start_ticks": start_ticks(os.getpid()),
+            "trainer_pid": self.trainer_pid,
+            "trainer_start_ticks": start_ticks(self.trainer_pid) if self.trainer_pid else None,
+            "boot_id": boot_id(),
+            "started_at": utc_now(),
+            "first_run_seq": self.run_seq + 1,
+            "spawn_error": self.spawn_error,
+        }
+        write_json_atomic(os.path.join(self.record_dir, MONITOR_RECORD), record)
+        if self.trainer_pid:
+            self._publish(
+                RUN_SPAWNED,
+                json.dumps({"pid": self.trainer_pid, "argv": self.spec["argv"]}).encode(),
+            )
+
+    def _spawn(self) -> None:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        me = os.getpid()
+        argv = list(self.spec["argv"])
+        env = dict(self.spec["env"])
+        cwd = self.spec["cwd"]
+        pid = os.fork()
+        if pid == 0:  # the trainer-to-be: nothing here may return
+            try:
+                os.setsid()
+                _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != me:  # the monitor died before the prctl took effect
+                    os._exit(1)
+                signal.set_wakeup_fd(-1)
+                for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+                    signal.signal(signum, signal.SIG_DFL)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                os.chdir(cwd)
+                os.execvpe(argv[0], argv, env)
+            except BaseException as exc:
+                with contextlib.suppress(BaseException):
+                    os.write(report_w, f"{type(exc).__name__}: {exc}".encode()[:1000])
+            os._exit(127)
+        os.close(out_w)
+        os.close(err_w)
+        os.close(report_w)
+        failure = b""
+        while True:
+            chunk = os.read(report_r, 4096)
+            if not chunk:
+                break
+            failure += chunk
+        os.close(report_r)
+        if failure:
+            self.spawn_error = failure.decode(errors="replace")
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            os.close(out_r)
+            os.close(err_r)
+            return
+        self.trainer_pid = pid
+        for fd, events in ((out_r, False), (err_r, True)):
+            os.set_blocking(fd, False)
+            pipe = _Pipe(fd, events)
+            self.pipes.append(pipe)
+            self.sel.register(fd, selectors.EVENT_READ, pipe)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Serve until the trainer is reaped and its tree is gone; write exit.json."""
+        if self.trainer_pid:
+            while self.exit_code is None:
+                self._step(self._timeout())
+                self._reap()
+                self._tick()
+            self._kill_tree()
+            self._drain_pipes()
+        self._finish()
+        return 0
+
+    def _timeout(self) -> float:
+        if self.deadline is None:
+            return 1.0
+        now = time.monotonic()
+        wake = self.deadline
+        if self.next_countdown is not None:
+            wake = min(wake, self.deadline - (self.next_countdown - 1))
+        return max(0.0, min(1.0, wake - now))
+
+    def _step(self, timeout: float) -> None:
+        for key, mask in self.sel.select(timeout):
+            tag = key.data
+            if tag == "listener":
+                self._accept()
+            elif tag == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    signals = os.read(self.wake_r, 4096)
+                    if signal.SIGTERM in signals:
+                        self.cancel(None)
+            elif isinstance(tag, _Pipe):
+                self._read_pipe(tag)
+            elif isinstance(tag, _Client):
+                if mask & selectors.EVENT_READ:
+                    self._client_read(tag)
+                if mask & selectors.EVENT_WRITE and tag in self.clients:
+                    self._client_write(tag)
+        self._flush_files()
+        for client in list(self.clients):
+            self._client_write(client)
+
+    def _reap(self) -> None:
+        """Reap every child (the trainer, and orphans re-parented to us)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.trainer_pid:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+
+    def _tick(self) -> None:
+        """Countdown and deadline of a cancel in progress."""
+        if self.deadline is None or self.exit_code is not None:
+            return
+        now = time.monotonic()
+        while self.next_countdown is not None and now >= self.deadline - self.next_countdown:
+            remaining = self.next_countdown
+            self.next_countdown = remaining - 1 if remaining > 1 else None
+            if now < self.deadline:
+                self._publish(CANCEL_COUNTDOWN, b'{"seconds_remaining":%d}' % remaining)
+        if now >= self.deadline and not self.killed:
+            self.killed = True
+            self.term_held = False
+            self.next_countdown = None
+            killed = self._kill_tree()
+            self.escalated = True
+            self._publish(
+                CANCEL_ESCALATED,
+                json.dumps({"signal": "SIGKILL", "processes": killed}).encode(),
+            )
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, grace_s: float | None, deadline_wall: float | None = None) -> dict[str, Any]:
+        """SIGTERM the trainer (not its workers: they would die before it can flush), count
+        down, and kill the whole tree at the deadline; grace 0 kills at once. SIGTERM goes
+        only to a trainer that has announced ``run_start`` (its handler is in place): an
+        earlier request holds it until the announcement, within the same deadline. A later
+        request only ever moves the deadline earlier."""
+        now = time.monotonic()
+        if deadline_wall is not None:
+            grace_s = max(0.0, deadline_wall - time.time())
+        if self.exit_code is not None:
+            return {"op": "cancel", "exited": True}
+        if self.deadline is None:
+            grace = self.default_grace_s if grace_s is None else grace_s
+            self.cancel_requested = True
+            self.cancel_requested_at = time.time()
+            self._publish(CANCEL_REQUESTED, json.dumps({"grace_s": grace}).encode())
+            if grace > 0:
+                if self.announced:
+                    self._send_term()
+                else:
+                    self.term_held = True  # delivered at run_start, within the deadline
+            self._arm(now, now + grace)
+            return {"op": "cancel", "already": False, "deadline_in_s": grace}
+        shortened = grace_s is not None and not self.killed and now + grace_s < self.deadline
+        if shortened and grace_s is not None:
+            self._arm(now, now + grace_s)
+        return {
+            "op": "cancel",
+            "already": True,
+            "shortened": shortened,
+            "deadline_in_s": max(0.0, self.deadline - now),
+        }
+
+    def _send_term(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.trainer_pid, signal.SIGTERM)
+
+    def _announced(self) -> None:
+        """The trainer emitted run_start: deliver a SIGTERM held for it, if the deadline
+        has not passed meanwhile."""
+        self.announced = True
+        if self.term_held and self.exit_code is None and not self.killed:
+            self.term_held = False
+            self._send_term()
+
+    def _arm(self, now: float, deadline: float) -> None:
+        self.deadline = deadline
+        remaining = deadline - now
+        self.next_countdown = math.ceil(remaining - 1e-6) if remaining > 1e-6 else None
+        self._tick()
+
+    def _kill_tree(self) -> int:
+        """SIGKILL every process below the monitor (the trainer included, if alive), again
+        and again until none is left or KILL_SETTLE_S passes; reap them. Returns how many
+        processes were signalled."""
+        signalled: set[int] = set()
+        give_up = time.monotonic() + KILL_SETTLE_S
+        while True:
+            alive = [p for p in descendants_of(os.getpid()) if not is_zombie(p)]
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    signalled.add(pid)
+            self._reap()
+            if not alive or time.monotonic() > give_up:
+                return len(signalled)
+            time.sleep(0.005)
+
+    # ------------------------------------------------------------------ pipes
+
+    def _read_pipe(self, pipe: _Pipe) -> None:
+        try:
+            chunk = os.read(pipe.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close_pipe(pipe)
+            return
+        data = pipe.pending + chunk
+        lines = data.split(b"\n")
+        pipe.pending = lines.pop()
+        # One stamp for the lines of one read: they arrived together.
+        self._batch_ts = repr(time.time()).encode()
+        for line in lines:
+            if pipe.cut:
+                pipe.cut = False
+                self.log_cut_line_rest(len(line) + 1)
+                continue
+            self._line(pipe, line)
+        self._batch_ts = b""
+        if len(pipe.pending) > MAX_LINE:
+            if not pipe.cut:
+                self._line(pipe, pipe.pending[:MAX_LINE], cut=True)
+                pipe.cut = True
+            else:
+                self.log_cut_line_rest(len(pipe.pending))
+            pipe.pending = b""
+
+    def log_cut_line_rest(self, size: int) -> None:
+        self.log_cut_bytes += size
+
+    def _close_pipe(self, pipe: _Pipe) -> None:
+        if pipe.pending and not pipe.cut:
+            self._line(pipe, pipe.pending)
+        pipe.pending = b""
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(pipe.fd)
+        os.close(pipe.fd)
+        self.pipes.remove(pipe)
+
+    def _drain_pipes(self) -> None:
+        """Read what the killed tree left in the pipes, until EOF or PIPE_DRAIN_S."""
+        give_up = time.monotonic() + PIPE_DRAIN_S
+        while self.pipes and time.monotonic() < give_up:
+            self._step(0.05)
+        for pipe in list(self.pipes):
+            self._close_pipe(pipe)
+
+    def _line(self, pipe: _Pipe, line: bytes, *, cut: bool = False) -> None:
+        if pipe.events and not cut:
+            try:
+                parsed = parse_event(line)
+            except InvalidEvent as exc:
+                self.invalid_lines += 1
+                self._publish(
+                    INVALID_EVENT_LINE,
+                    json.dumps(
+                        {"reason": str(exc), "line": line[:200].decode("utf-8", "replace")}
+                    ).encode(),
+                )
+                parsed = None
+            if parsed is not None:
+                self._publish(*parsed)
+                if parsed[0] == RUN_START:
+                    self._announced()
+                return
+        if cut:
+            line += b" [runforge: line cut at %d bytes]" % MAX_LINE
+        self._log(line + b"\n")
+
+    def _log(self, data: bytes) -> None:
+        if self.log_truncated:
+            self.log_cut_bytes += len(data)
+            self.log_cut_lines += 1
+            return
+        if self.log_bytes + len(data) > self.max_log_bytes:
+            self.log_truncated = True
+            note = (
+                f"[runforge: logs.txt reached its cap of {self.max_log_bytes} bytes "
+                "(runforge.maxLogBytes); later output of this run is discarded]\n"
+            ).encode()
+            self._write_log(note)
+            self._publish(
+                LOGS_TRUNCATED,
+                json.dumps(
+                    {"max_log_bytes": self.max_log_bytes, "logged_bytes": self.log_bytes}
+                ).encode(),
+            )
+            self.log_cut_bytes += len(data)
+            self.log_cut_lines += 1
+            return
+        self.log_bytes += len(data)
+        self._write_log(data)
+
+    def _write_log(self, data: bytes) -> None:
+        try:
+            self.logs_file.write(data)
+        except (OSError, ValueError) as exc:
+            self._write_failed(LOGS_FILE, exc)
+
+    def _write_failed(self, name: str, exc: BaseException) -> None:
+        if name not in self.write_failures:
+            self.write_failures[name] = str(exc)
+            _diag(f"writing {name} failed: {exc}")
+
+    # ------------------------------------------------------------------ events
+
+    def _publish(self, kind: str, data: bytes) -> None:
+        """Number an event, append it to events.jsonl and queue it for attached clients."""
+        self.run_seq += 1
+        ts = self._batch_ts or repr(time.time()).encode()
+        line = (
+            b'{"seq":0,"run_seq":%d,"ts":%s,"type":"%s"' % (self.run_seq, ts, kind.encode())
+            + self._prefix
+            + data
+            + b"}\n"
+        )
+        try:
+            self.events_file.write(line)
+            self._unflushed = True
+        except (OSError, ValueError) as exc:
+            self._write_failed(EVENTS_FILE, exc)
+        for client in self.clients:
+            # sent_seq starts at the client's ``since``: nothing at or below it is sent.
+            if client.attached and not client.behind and self.run_seq > client.sent_seq:
+                if len(client.outbox) > CLIENT_BACKLOG_BYTES:
+                    client.behind = True
+                    continue
+                client.outbox += line
+                client.sent_seq = self.run_seq
+
+    def _flush_files(self) -> None:
+        self._unflushed = False
+        for name, handle in ((EVENTS_FILE, self.events_file), (LOGS_FILE, self.logs_file)):
+            if handle.closed:
+                continue
+            try:
+                handle.flush()
+            except (OSError, ValueError) as exc:
+                self._write_failed(name, exc)
+
+    # ------------------------------------------------------------------ clients
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if int.from_bytes(creds[4:8], sys.byteorder) != os.getuid():
+                sock.close()  # only this user's daemon may attach
+                continue
+            sock.setblocking(False)
+            client = _Client(sock)
+            self.clients.append(client)
+            self.sel.register(sock, selectors.EVENT_READ, client)
+
+    def _client_read(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        client.inbox += data
+        if len(client.inbox) > 1 << 20:
+            self._drop(client)
+            return
+        while b"\n" in client.inbox:
+            line, client.inbox = client.inbox.split(b"\n", 1)
+            try:
+                request = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(request, dict):
+                self._request(client, request)
+
+    def _request(self, client: _Client, request: dict[str, Any]) -> None:
+        op = request.get("op")
+        if op == "attach":
+            since = request.get("since")
+            since = since if isinstance(since, int) and since >= 0 else 0
+            client.attached = True
+            client.outbox += self._reply(self._hello())
+            self._flush_files()
+            client.sent_seq = since
+            client.behind = True  # replay from the file first, then live
+            self._catch_up(client)
+        elif op == "cancel":
+            grace = request.get("grace_s")
+            deadline = request.get("deadline")
+            grace = float(grace) if isinstance(grace, (int, float)) and grace >= 0 else None
+            deadline = float(deadline) if isinstance(deadline, (int, float)) else None
+            client.outbox += self._reply(self.cancel(grace, deadline))
+            self._flush_files()
+        elif op == "status":
+            client.outbox += self._reply(self._hello())
+
+    def _hello(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "op": "hello",
+            "pid": os.getpid(),
+            "trainer_pid": self.trainer_pid,
+            "run_seq": self.run_seq,
+            "cancel_requested": self.cancel_requested,
+            "deadline_in_s": None if self.deadline is None else max(0.0, self.deadline - now),
+            "killed": self.killed,
+            "exited": self.exit_code is not None,
+        }
+
+    @staticmethod
+    def _reply(obj: dict[str, Any]) -> bytes:
+        return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+    def _catch_up(self, client: _Client) -> None:
+        """Queue events after ``client.sent_seq`` from events.jsonl (everything published
+        is in it: files are flushed before any client write), then go live."""
+        try:
+            with open(os.path.join(self.run_dir, EVENTS_FILE), "rb") as handle:
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break
+                    seq = _run_seq_of(line)
+                    if seq is None or seq <= client.sent_seq:
+                        continue
+                    client.outbox += line
+                    client.sent_seq = seq
+                    if len(client.outbox) > CLIENT_BACKLOG_BYTES:
+                        return  # still behind: more after this is written
+        except OSError as exc:
+            _diag(f"catch-up read failed: {exc}")
+        if client.sent_seq >= self.run_seq:
+            client.behind = False
+
+    def _client_write(self, client: _Client) -> None:
+        if self._unflushed:
+            # An event reaches the daemon (and its subscribers) only once it is in
+            # events.jsonl: whoever dies next, nothing published is missing from disk.
+            self._flush_files()
+        if client.behind and len(client.outbox) < CLIENT_BACKLOG_BYTES // 2:
+            self._catch_up(client)
+        if client.outbox:
+            try:
+                sent = client.sock.send(client.outbox)
+                del client.outbox[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._drop(client)
+                return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.modify(client.sock, want, client)
+
+    def _drop(self, client: _Client) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(client.sock)
+        client.sock.close()
+        if client in self.clients:
+            self.clients.remove(client)
+
+    # ------------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        """Log what was cut, make events and logs durable, write exit.json, tell attached
+        clients, and give them a moment to read it all."""
+        if self.log_cut_bytes:
+            note = (
+                f"[runforge: {self.log_cut_bytes} bytes of output "
+                f"({self.log_cut_lines} lines) were not written to logs.txt]\n"
+            )
+            self._write_log(note.encode())
+        for name, handle in ((EVENTS_FILE, self.events_file), (LOGS_FILE, self.logs_file)):
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except (OSError, ValueError) as exc:
+                self._write_failed(name, exc)
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
+        record = {
+            "run_id": self.run_id,
+            "exit_code": self.exit_code,
+            "spawn_error": self.spawn_error,
+            "finished_at": utc_now(),
+            "cancel_requested": self.cancel_requested,
+            "killed": self.killed,
+            "last_run_seq": self.run_seq,
+            "invalid_lines": self.invalid_lines,
+            "log_truncated": self.log_truncated,
+            "write_failures": self.write_failures,
+        }
+        try:
+            write_json_atomic(os.path.join(self.record_dir, EXIT_RECORD), record)
+        except OSError as exc:
+            _diag(f"exit.json could not be written: {exc}")
+        goodbye = self._reply({"op": "exit", **record})
+        for client in self.clients:
+            if client.attached:
+                client.outbox += goodbye
+        give_up = time.monotonic() + 5.0
+        while any(c.outbox for c in self.clients) and time.monotonic() < give_up:
+            self._step(0.05)
+        for client in list(self.clients):
+            self._drop(client)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.record_dir, SOCKET))
+
+
+def _run_seq_of(line: bytes) -> int | None:
+    """The run_seq of one of our own event lines (``{"seq":0,"run_seq":N,...``)."""
+    start = line.find(b'"run_seq":')
+    if start < 0:
+        return None
+    start += len(b'"run_seq":')
+    end = line.find(b",", start)
+    try:
+        return int(line[start:end])
+    except ValueError:
+        return None
+
+
+def last_run_seq(events_path: str) -> int:
+    """The highest run_seq in a run's events.jsonl (0 if none), torn last line ignored."""
+    last = 0
+    try:
+        with open(events_path, "rb") as handle:
+            for line in handle:
+                if line.endswith(b"\n"):
+                    seq = _run_seq_of(line)
+                    if seq is not None and seq > last:
+                        last = seq
+    except OSError:
+        pass
+    return last
+
+
+_libc: Any = None
+
+
+def _prctl(option: int, value: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
+
+
+def _diag(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{utc_now()} monitor[{os.getpid()}] {message}\n")
+        sys.stderr.flush()
+
+
+def main(argv: list[str]) -> int:
+    """``monitor.py RECORD_DIR RUN_SEQ [LOCK_FD]``: daemonize, start the run, report
+    READY (or the error) to the first process, which exits 0 (or 1) so the daemon knows.
+    ``RUN_SEQ`` is the last run_seq already used; ``LOCK_FD`` the run's lock, taken."""
+    record_dir, run_seq = argv[0], int(argv[1])
+    lock_fd = int(argv[2]) if len(argv) > 2 else -1
+    accepted = read_json(os.path.join(record_dir, ACCEPTED))
+    if accepted is None or not isinstance(accepted.get("spec"), dict):
+        _diag("no usable accepted.json")
+        return 1
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    if os.fork() != 0:
+        os.close(ready_w)
+        answer = os.read(ready_r, 4096)
+        sys.stdout.write(answer.decode(errors="replace"))
+        return 0 if answer.startswith(b"READY") else 1
+    os.close(ready_r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    monitor = Monitor(record_dir, accepted["spec"], run_seq)
+    monitor.lock_fd = lock_fd
+    try:
+        monitor.start()
+    except Exception as exc:
+        _diag(f"start failed: {exc!r}")
+        os.write(ready_w, f"ERROR {exc}\n".encode())
+        return 1
+    os.write(ready_w, b"READY %d\n" % os.getpid())
+    os.close(ready_w)
+    return monitor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
