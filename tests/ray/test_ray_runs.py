@@ -32,7 +32,7 @@ from tests.harness import (
 )
 from tests.ray.conftest import RayHead
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 EXIT_FORCED = 10
 # A resource no node of the test head has: a job asking for it stays PENDING.
