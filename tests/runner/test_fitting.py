@@ -212,8 +212,6 @@ def slow_unit_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         # One tree with max_features=1.0 on 48,000 rows takes seconds: it cannot be split.
         ("random_forest", ["n_estimators=50", "max_features=1.0"], True),
-        # liblinear runs in one uninterruptible call; nothing is finished before it returns.
-        ("linear_svc", ["tol=1e-12", "max_iter=1000000", "C=10000"], False),
     ],
 )
 def test_a_cancel_mid_fit_is_graceful_even_when_one_unit_takes_seconds(
