@@ -305,8 +305,9 @@ def _load_fast(path: Path, label_column: str, checkpoint: Callable[[], None]) ->
     label_index = 0
     codes: dict[str, int] = {}
 
-    def label_code(token: str) -> float:
-        key = token.strip()
+    def label_code(token: str | bytes) -> float:
+        # numpy < 1.25 hands converters the field as bytes, later releases as str.
+        key = (token.decode("utf-8") if isinstance(token, bytes) else token).strip()
         if key.lower() in MISSING_TOKENS:
             return math.nan  # not finite: the block goes to the careful code
         code = codes.get(key)
