@@ -9,14 +9,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from runforge_contract.atomicio import write_bytes_atomic
+from runforge_contract import trainer_parent
 from runforge_contract.layout import (
     CONTROL_FILE,
     EXECUTOR_DIR,
@@ -33,7 +32,6 @@ from runforge_contract.layout import (
 EXIT_CANCELLED_BEFORE_START = 0
 
 POLL_S = 0.01  # control file and trainer exit
-TREE_REFRESH_S = 0.25
 PIPE_DRAIN_TIMEOUT_S = 5.0
 READ_CHUNK = 1 << 16
 MAX_LINE = 1 << 20
@@ -92,31 +90,6 @@ def _pump(pipe: Any, stream: Stream, tag: bytes) -> None:
         stream.line(tag, pending)
 
 
-def _boot_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22):
-    with the pid, an identity a reused pid cannot fake."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
 def _package_root(name: str) -> str:
     """The folder holding package ``name``: the job's ``py_modules`` folder (on this
     process's ``PYTHONPATH``) first, else wherever this interpreter would import it from."""
@@ -127,36 +100,6 @@ def _package_root(name: str) -> str:
     if found is not None and found.submodule_search_locations:
         return str(Path(next(iter(found.submodule_search_locations))).parent)
     return ""
-
-
-class ProcessTree:
-    """The trainer and every descendant seen (by pid and start time), so a worker that
-    left the trainer's session is still killed."""
-
-    def __init__(self, leader: int) -> None:
-        self.leader = leader
-        self.known: dict[int, int | None] = {leader: _boot_ticks(leader)}
-
-    def refresh(self) -> None:
-        parents = _parents()
-        frontier = list(self.known)
-        while frontier:
-            pid = frontier.pop()
-            for child, parent in parents.items():
-                if parent == pid and child not in self.known:
-                    self.known[child] = _boot_ticks(child)
-                    frontier.append(child)
-
-    def kill_all(self) -> int:
-        killed = 0
-        with contextlib.suppress(OSError):
-            os.killpg(self.leader, signal.SIGKILL)
-        for pid, ticks in self.known.items():
-            if ticks is not None and _boot_ticks(pid) == ticks:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-        return killed
 
 
 class Entrypoint:
@@ -170,7 +113,8 @@ class Entrypoint:
         self.deadline: float | None = None
         self.killed = 0
         self.stream: Stream | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.trainer_pid = 0
+        self.exit_code: int | None = None
         self.term_from_ray = False
 
     def control(self) -> dict[str, Any]:
@@ -210,37 +154,34 @@ class Entrypoint:
             argv[0] = sys.executable  # the cluster's interpreter: no pythonPath was set
         self.stream = Stream(self.dir / OUTPUT_FILE)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        # The trainer's tree is every process below this one, double-forked ones included.
+        trainer_parent.become_subreaper()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.spec["cwd"],
-                env=self.trainer_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
+            self.trainer_pid = trainer_parent.spawn_trainer(
+                argv, self.trainer_environment(), self.spec["cwd"], out_w, err_w
             )
         except OSError as exc:
+            os.close(out_r)
+            os.close(err_r)
             self.stream.record("spawn_failed", error=str(exc))
             self._write_exit(None, spawn_error=str(exc))
             self.stream.close()
             return 1
-        self.stream.record("spawned", pid=self.proc.pid, host=socket.gethostname(), argv=argv)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self.stream.record("spawned", pid=self.trainer_pid, host=socket.gethostname(), argv=argv)
         pumps = [
-            threading.Thread(target=_pump, args=(self.proc.stdout, self.stream, TAG_STDOUT)),
-            threading.Thread(target=_pump, args=(self.proc.stderr, self.stream, TAG_STDERR)),
+            threading.Thread(target=_pump, args=(os.fdopen(fd, "rb", 0), self.stream, tag))
+            for fd, tag in ((out_r, TAG_STDOUT), (err_r, TAG_STDERR))
         ]
         for pump in pumps:
             pump.daemon = True
             pump.start()
-        tree = ProcessTree(self.proc.pid)
-        next_refresh = 0.0
-        while (code := self.proc.poll()) is None:
+        while self.exit_code is None:
             now = time.monotonic()
-            if now >= next_refresh:
-                tree.refresh()
-                next_refresh = now + TREE_REFRESH_S
             request = self.control()
             cancel = request.get("cancel")
             if isinstance(cancel, dict):
@@ -251,17 +192,23 @@ class Entrypoint:
                 # Ray's stop_job: the run's grace, counted here.
                 self._start_cancel(float(self.spec.get("grace_s", 0)))
             if request.get("kill") or (self.deadline is not None and now >= self.deadline):
-                self._kill(tree, "kill_request" if request.get("kill") else "deadline")
+                self._kill("kill_request" if request.get("kill") else "deadline")
             time.sleep(POLL_S)
+            self._reap()
         # Workers the trainer left behind die with it (they would hold the pipes open).
-        tree.refresh()
-        leftovers = tree.kill_all() if self.killed == 0 else 0
+        leftovers = trainer_parent.kill_tree(self._reap)
         for pump in pumps:
             pump.join(PIPE_DRAIN_TIMEOUT_S)
+        code = self.exit_code
         self.stream.record("exited", exit_code=code, leftovers_killed=leftovers)
         self._write_exit(code)
         self.stream.close()
         return code if code >= 0 else 128 - code
+
+    def _reap(self) -> None:
+        code = trainer_parent.reap_children(self.trainer_pid)
+        if code is not None:
+            self.exit_code = code
 
     def _keep(self, deadline: Any) -> None:
         """The daemon's deadline (UNIX time): kept here too, so the tree is killed on time
@@ -275,31 +222,30 @@ class Entrypoint:
         self.term_from_ray = True
 
     def _start_cancel(self, grace_s: float | None) -> None:
-        assert self.proc is not None and self.stream is not None
+        assert self.stream is not None
         self.cancel_seen = True
         if grace_s is not None:
             self.deadline = time.monotonic() + max(0.0, grace_s)
         with contextlib.suppress(OSError):
-            os.kill(self.proc.pid, signal.SIGTERM)  # the trainer only, never its workers
+            os.kill(self.trainer_pid, signal.SIGTERM)  # the trainer only, never its workers
         self.stream.record("sigterm", grace_s=grace_s, from_ray=self.term_from_ray)
 
-    def _kill(self, tree: ProcessTree, reason: str) -> None:
+    def _kill(self, reason: str) -> None:
         assert self.stream is not None
         if self.killed:
             return
-        tree.refresh()
-        self.killed = max(1, tree.kill_all())
+        self.killed = max(1, trainer_parent.kill_tree(self._reap))
         self.stream.record("killed", processes=self.killed, reason=reason)
 
     def _write_exit(self, code: int | None, spawn_error: str = "") -> None:
-        document = {
-            "exit_code": code,
-            "killed": bool(self.killed),
-            "cancel_seen": self.cancel_seen,
-            "spawn_error": spawn_error,
-            "finished_at": time.time(),
-        }
-        write_bytes_atomic(self.dir / EXIT_FILE, json.dumps(document).encode() + b"\n")
+        record = trainer_parent.exit_record(
+            exit_code=code,
+            spawn_error=spawn_error,
+            cancel_requested=self.cancel_seen,
+            killed=bool(self.killed),
+        )
+        # 0644: on a cluster the daemon may read it as another uid over NFS.
+        trainer_parent.write_exit_record(str(self.dir / EXIT_FILE), record, mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

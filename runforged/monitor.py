@@ -33,13 +33,13 @@ process the trainer started and whose parent exited is re-parented to the monito
 init; every process below the monitor is killed when the trainer is reaped or at the
 cancel deadline. The trainer gets ``PR_SET_PDEATHSIG(SIGKILL)``: if the monitor itself is
 killed, the trainer dies with it rather than run unmonitored (the daemon then sweeps what
-is left, see TRUST_MODEL.md).
+is left, see TRUST_MODEL.md). The spawn, the tree kill, process identity and the exit
+record are ``runforge_contract.trainer_parent``'s, shared with the Ray job's entrypoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -58,7 +58,17 @@ if __name__ == "__main__":
     # site-packages); appended, so it can never shadow the standard library.
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from runforge_contract import trainer_parent
+from runforge_contract.atomicio import write_bytes_atomic
+from runforge_contract.timestamps import utc_now
 from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS, RUN_START
+from runforge_contract.trainer_parent import (
+    boot_id,
+    exit_record,
+    is_zombie,
+    start_ticks,
+    write_exit_record,
+)
 from runforge_protocol.events import (
     CANCEL_COUNTDOWN,
     CANCEL_ESCALATED,
@@ -85,69 +95,13 @@ DEFAULT_MAX_LOG_BYTES = 64 << 20
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what the daemon's MessagePack codec encodes
 CLIENT_BACKLOG_BYTES = 1 << 20  # past this, a slow client catches up from events.jsonl
 PIPE_DRAIN_S = 2.0  # after the tree is killed, how long to wait for the pipes' EOF
-KILL_SETTLE_S = 10.0  # how long to keep killing and reaping what is left of the tree
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 
 # ---------------------------------------------------------------------- records
 
 
-def utc_now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
-def boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
-        return handle.read().strip()
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22),
-    None if there is no such process. With the boot id, it tells a process from a later
-    one that reuses its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
-
-
-def is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
-
-
 def write_json_atomic(path: str, obj: Any) -> None:
     """Temp file beside ``path``, fsync, rename, fsync the folder (0600)."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_bytes_atomic(path, (json.dumps(obj, separators=(",", ":")) + "\n").encode(), 0o600)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -195,29 +149,6 @@ def same_process(record: dict[str, Any], prefix: str) -> bool:
     if record.get("boot_id") != boot_id():
         return False
     return start_ticks(pid) == ticks and not is_zombie(pid)
-
-
-def descendants_of(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, parents before children."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                with open(f"/proc/{parent}/task/{thread}/children", "rb") as listing:
-                    children = [int(c) for c in listing.read().split()]
-            except OSError:
-                continue
-            for child in children:
-                if child not in found:
-                    found.append(child)
-                    pending.append(child)
-    return found
 
 
 def processes_of_run(run_id: str, exclude: int = 0) -> list[int]:
@@ -404,7 +335,7 @@ class Monitor:
         # exists between its spawn and our start in which the run looks unowned.
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         os.set_inheritable(self.lock_fd, False)
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        trainer_parent.become_subreaper()
         self.events_file = open(  # noqa: SIM115 - lives with the monitor
             os.path.join(self.run_dir, EVENTS_FILE), "ab", buffering=1 << 16
         )
@@ -455,48 +386,18 @@ class Monitor:
     def _spawn(self) -> None:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        me = os.getpid()
-        argv = list(self.spec["argv"])
-        env = dict(self.spec["env"])
-        cwd = self.spec["cwd"]
-        pid = os.fork()
-        if pid == 0:  # the trainer-to-be: nothing here may return
-            try:
-                os.setsid()
-                _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                if os.getppid() != me:  # the monitor died before the prctl took effect
-                    os._exit(1)
-                signal.set_wakeup_fd(-1)
-                for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-                    signal.signal(signum, signal.SIG_DFL)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                os.chdir(cwd)
-                os.execvpe(argv[0], argv, env)
-            except BaseException as exc:
-                with contextlib.suppress(BaseException):
-                    os.write(report_w, f"{type(exc).__name__}: {exc}".encode()[:1000])
-            os._exit(127)
-        os.close(out_w)
-        os.close(err_w)
-        os.close(report_w)
-        failure = b""
-        while True:
-            chunk = os.read(report_r, 4096)
-            if not chunk:
-                break
-            failure += chunk
-        os.close(report_r)
-        if failure:
-            self.spawn_error = failure.decode(errors="replace")
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        try:
+            pid = trainer_parent.spawn_trainer(
+                self.spec["argv"], self.spec["env"], self.spec["cwd"], out_w, err_w
+            )
+        except OSError as exc:
+            self.spawn_error = str(exc)
             os.close(out_r)
             os.close(err_r)
             return
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         self.trainer_pid = pid
         for fd, events in ((out_r, False), (err_r, True)):
             os.set_blocking(fd, False)
@@ -550,15 +451,9 @@ class Monitor:
 
     def _reap(self) -> None:
         """Reap every child (the trainer, and orphans re-parented to us)."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.trainer_pid:
-                self.exit_code = os.waitstatus_to_exitcode(status)
+        code = trainer_parent.reap_children(self.trainer_pid)
+        if code is not None:
+            self.exit_code = code
 
     def _tick(self) -> None:
         """Countdown and deadline of a cancel in progress."""
@@ -635,21 +530,9 @@ class Monitor:
         self._tick()
 
     def _kill_tree(self) -> int:
-        """SIGKILL every process below the monitor (the trainer included, if alive), again
-        and again until none is left or KILL_SETTLE_S passes; reap them. Returns how many
-        processes were signalled."""
-        signalled: set[int] = set()
-        give_up = time.monotonic() + KILL_SETTLE_S
-        while True:
-            alive = [p for p in descendants_of(os.getpid()) if not is_zombie(p)]
-            for pid in alive:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                    signalled.add(pid)
-            self._reap()
-            if not alive or time.monotonic() > give_up:
-                return len(signalled)
-            time.sleep(0.005)
+        """SIGKILL every process below the monitor (the trainer included, if alive) until
+        none is left, reaping them; how many processes were signalled."""
+        return trainer_parent.kill_tree(self._reap)
 
     # ------------------------------------------------------------------ pipes
 
@@ -941,20 +824,19 @@ class Monitor:
                 self._write_failed(name, exc)
             with contextlib.suppress(OSError, ValueError):
                 handle.close()
-        record = {
-            "run_id": self.run_id,
-            "exit_code": self.exit_code,
-            "spawn_error": self.spawn_error,
-            "finished_at": utc_now(),
-            "cancel_requested": self.cancel_requested,
-            "killed": self.killed,
-            "last_run_seq": self.run_seq,
-            "invalid_lines": self.invalid_lines,
-            "log_truncated": self.log_truncated,
-            "write_failures": self.write_failures,
-        }
+        record = exit_record(
+            exit_code=self.exit_code,
+            spawn_error=self.spawn_error,
+            cancel_requested=self.cancel_requested,
+            killed=self.killed,
+            run_id=self.run_id,
+            last_run_seq=self.run_seq,
+            invalid_lines=self.invalid_lines,
+            log_truncated=self.log_truncated,
+            write_failures=self.write_failures,
+        )
         try:
-            write_json_atomic(os.path.join(self.record_dir, EXIT_RECORD), record)
+            write_exit_record(os.path.join(self.record_dir, EXIT_RECORD), record)
         except OSError as exc:
             _diag(f"exit.json could not be written: {exc}")
         goodbye = self._reply({"op": "exit", **record})
@@ -996,18 +878,6 @@ def last_run_seq(events_path: str) -> int:
     except OSError:
         pass
     return last
-
-
-_libc: Any = None
-
-
-def _prctl(option: int, value: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
 
 
 def _diag(message: str) -> None:
