@@ -8,6 +8,11 @@ Ray rewrites ``--node-ip-address=127.0.0.1`` to the external interface unless
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; with it, and ``--dashboard-host=127.0.0.1``,
 every socket of the head is bound to the loopback interface (checked after the start).
 Usage statistics are off, so nothing leaves the machine.
+
+``unshared``: a folder the head's processes (and so its jobs) see empty, as a cluster node
+without the shared filesystem would. The head runs in a private mount namespace
+(``unshare --mount``, and ``--map-root-user`` when not root) in which an empty tmpfs is
+mounted over that folder; everyone else sees the real one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,38 @@ def ray_command() -> str | None:
     return shutil.which("ray")
 
 
+def private_mount_command(folder: Path) -> list[str]:
+    """The prefix that runs a command in a private mount namespace where ``folder`` is an
+    empty tmpfs (the command is exec'd: its pid is the prefix's)."""
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    script = 'mount -t tmpfs -o size=1m,mode=0755 runforge-unshared "$0" && exec "$@"'
+    return [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        *user,
+        "--",
+        "sh",
+        "-c",
+        script,
+        str(folder),
+    ]
+
+
+def private_mounts_work(probe: Path) -> bool:
+    """Whether this machine lets us run a command with a private mount (root, or
+    unprivileged user namespaces), tried on ``probe`` (an existing folder)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        done = subprocess.run(
+            [*private_mount_command(probe), "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -49,9 +86,15 @@ class LocalRayHead:
     """One head; ``temp_dir`` is Ray's (sockets, logs, sessions) and is ours to remove."""
 
     def __init__(
-        self, temp_dir: Path, *, num_cpus: int = 4, env: Mapping[str, str] | None = None
+        self,
+        temp_dir: Path,
+        *,
+        num_cpus: int = 4,
+        env: Mapping[str, str] | None = None,
+        unshared: Path | None = None,
     ) -> None:
         self.temp_dir = temp_dir
+        self.unshared = unshared
         self.num_cpus = num_cpus
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -79,9 +122,11 @@ class LocalRayHead:
             }
         )
         started = time.monotonic()
+        wrapper = [] if self.unshared is None else private_mount_command(self.unshared)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
+                    *wrapper,
                     command,
                     "start",
                     "--head",
@@ -116,6 +161,11 @@ class LocalRayHead:
                     raise
                 time.sleep(0.25)
         return time.monotonic() - started
+
+    def cluster_view(self, path: Path) -> Path:
+        """``path`` as the head's processes see it (through their mount namespace)."""
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/root") / path.relative_to("/")
 
     def processes(self) -> list[psutil.Process]:
         """Every process of this head: those naming its temp dir, the ``ray start`` child,

@@ -219,11 +219,15 @@ def remove_tree(path: Path) -> None:
 
 
 def trainer_workspace(
-    daemon: DaemonProcess, name: str = "ws", settings: dict[str, Any] | None = None
+    daemon: DaemonProcess,
+    name: str = "ws",
+    settings: dict[str, Any] | None = None,
+    parent: Path | None = None,
 ) -> Path:
     """A trusted workspace whose runner is the purpose-built test trainer (switched by
-    ``RF_TEST_*`` variables in the daemon's environment), with a tiny dataset."""
-    workspace = daemon.root / name
+    ``RF_TEST_*`` variables in the daemon's environment), with a tiny dataset; in the
+    daemon's folder unless ``parent`` is given."""
+    workspace = (parent or daemon.root) / name
     workspace.mkdir()
     (workspace / "rf_test_trainer").symlink_to(TRAINERS_DIR / "rf_test_trainer")
     (workspace / "data.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
