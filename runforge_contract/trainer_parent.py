@@ -16,8 +16,11 @@ they decide the same thing, the decision is here:
   pid is never taken for it.
 - **exit record**: ``exit.json``, written atomically once the trainer is reaped and its
   tree is gone, has the same fields from both (``exit_record``); each adds its own.
+- **lines**: the trainer's output is cut into lines the same way (``LineSplitter``): a
+  line longer than ``MAX_OUTPUT_LINE`` is kept up to there, marked with ``CUT_NOTE``,
+  and the rest of it dropped (counted); a cut line is a log line, never an event.
 
-How each reads the trainer's output differs and stays in each program (ARCHITECTURE.md).
+Where each sends the trainer's lines differs and stays in each program (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from runforge_contract.timestamps import utc_now
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 KILL_SETTLE_S = 10.0  # how long to keep killing and reaping what is left of a tree
+MAX_OUTPUT_LINE = 1 << 20  # a longer stdout/stderr line is cut here
+CUT_NOTE = b" [runforge: line cut at %d bytes]" % MAX_OUTPUT_LINE
 
 _libc: Any = None
 
@@ -185,6 +190,51 @@ def kill_tree(on_reaped: Callable[[], None], settle_s: float = KILL_SETTLE_S) ->
         if not alive or time.monotonic() > give_up:
             return len(signalled)
         time.sleep(0.005)
+
+
+# ---------------------------------------------------------------------- lines
+
+
+class LineSplitter:
+    """One pipe's bytes as whole lines (without their newline). A line longer than
+    ``MAX_OUTPUT_LINE`` is cut there: ``feed`` returns its head once, apart, and the rest
+    of the line is dropped and counted (``take_dropped``)."""
+
+    __slots__ = ("_dropped", "_pending", "cutting")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._dropped = 0
+        self.cutting = False  # the current line was cut: drop it up to its newline
+
+    def feed(self, chunk: bytes) -> tuple[list[bytes], bytes | None]:
+        """The lines ``chunk`` completes, and the head of a line cut in it (or None)."""
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        if self.cutting and lines:
+            self.cutting = False
+            self._dropped += len(lines.pop(0)) + 1
+        head = None
+        if len(self._pending) > MAX_OUTPUT_LINE:
+            if self.cutting:
+                self._dropped += len(self._pending)
+            else:
+                head = self._pending[:MAX_OUTPUT_LINE]
+                self._dropped += len(self._pending) - MAX_OUTPUT_LINE
+                self.cutting = True
+            self._pending = b""
+        return lines, head
+
+    def rest(self) -> bytes:
+        """At end of file: the last line if it had no newline (empty if it was cut)."""
+        rest = b"" if self.cutting else self._pending
+        self._pending = b""
+        return rest
+
+    def take_dropped(self) -> int:
+        """Bytes dropped from cut lines since the last call."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
 
 # ---------------------------------------------------------------------- exit record

@@ -34,7 +34,6 @@ EXIT_CANCELLED_BEFORE_START = 0
 POLL_S = 0.01  # control file and trainer exit
 PIPE_DRAIN_TIMEOUT_S = 5.0
 READ_CHUNK = 1 << 16
-MAX_LINE = 1 << 20
 
 
 def _read_json(path: Path) -> Any:
@@ -52,7 +51,7 @@ class Stream:
         self._lock = threading.Lock()
 
     def line(self, tag: bytes, payload: bytes) -> None:
-        data = tag + payload[:MAX_LINE].replace(b"\n", b" ") + b"\n"
+        data = tag + payload + b"\n"  # a line (LineSplitter) or a record: no newline in it
         with self._lock:
             view = memoryview(data)
             while view:
@@ -74,20 +73,17 @@ class Stream:
 
 
 def _pump(pipe: Any, stream: Stream, tag: bytes) -> None:
-    pending = b""
-    while True:
-        chunk = pipe.read1(READ_CHUNK) if hasattr(pipe, "read1") else pipe.read(READ_CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > MAX_LINE:
-            lines.append(pending)
-            pending = b""
-        for line in lines:
+    lines = trainer_parent.LineSplitter()
+    while chunk := pipe.read(READ_CHUNK):
+        complete, cut_head = lines.feed(chunk)
+        for line in complete:
             stream.line(tag, line)
-    if pending:
-        stream.line(tag, pending)
+        if cut_head is not None:
+            # As locally: a cut line is a log line, never an event.
+            stream.line(TAG_STDOUT, cut_head + trainer_parent.CUT_NOTE)
+    rest = lines.rest()
+    if rest:
+        stream.line(tag, rest)
 
 
 def _package_root(name: str) -> str:

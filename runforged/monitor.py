@@ -63,6 +63,9 @@ from runforge_contract.atomicio import write_bytes_atomic
 from runforge_contract.timestamps import utc_now
 from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS, RUN_START
 from runforge_contract.trainer_parent import (
+    CUT_NOTE,
+    MAX_OUTPUT_LINE,
+    LineSplitter,
     boot_id,
     exit_record,
     is_zombie,
@@ -89,7 +92,7 @@ EVENTS_FILE = "events.jsonl"
 LOGS_FILE = "logs.txt"
 
 READ_CHUNK = 1 << 16
-MAX_LINE = 1 << 20  # a longer stdout/stderr line is cut here
+MAX_LINE = MAX_OUTPUT_LINE  # a longer stdout/stderr line is cut here (LineSplitter)
 MAX_EVENT_DEPTH = 32  # nesting of arrays/objects in one event
 DEFAULT_MAX_LOG_BYTES = 64 << 20
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what the daemon's MessagePack codec encodes
@@ -273,8 +276,7 @@ class _Pipe:
     def __init__(self, fd: int, events: bool) -> None:
         self.fd = fd
         self.events = events
-        self.pending = b""
-        self.cut = False  # the current line is over MAX_LINE: drop its rest
+        self.lines = LineSplitter()
 
 
 class Monitor:
@@ -546,33 +548,20 @@ class Monitor:
         if not chunk:
             self._close_pipe(pipe)
             return
-        data = pipe.pending + chunk
-        lines = data.split(b"\n")
-        pipe.pending = lines.pop()
+        lines, cut_head = pipe.lines.feed(chunk)
         # One stamp for the lines of one read: they arrived together.
         self._batch_ts = repr(time.time()).encode()
         for line in lines:
-            if pipe.cut:
-                pipe.cut = False
-                self.log_cut_line_rest(len(line) + 1)
-                continue
             self._line(pipe, line)
         self._batch_ts = b""
-        if len(pipe.pending) > MAX_LINE:
-            if not pipe.cut:
-                self._line(pipe, pipe.pending[:MAX_LINE], cut=True)
-                pipe.cut = True
-            else:
-                self.log_cut_line_rest(len(pipe.pending))
-            pipe.pending = b""
-
-    def log_cut_line_rest(self, size: int) -> None:
-        self.log_cut_bytes += size
+        if cut_head is not None:
+            self._line(pipe, cut_head, cut=True)
+        self.log_cut_bytes += pipe.lines.take_dropped()
 
     def _close_pipe(self, pipe: _Pipe) -> None:
-        if pipe.pending and not pipe.cut:
-            self._line(pipe, pipe.pending)
-        pipe.pending = b""
+        rest = pipe.lines.rest()
+        if rest:
+            self._line(pipe, rest)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(pipe.fd)
         os.close(pipe.fd)
@@ -605,7 +594,7 @@ class Monitor:
                     self._announced()
                 return
         if cut:
-            line += b" [runforge: line cut at %d bytes]" % MAX_LINE
+            line += CUT_NOTE
         self._log(line + b"\n")
 
     def _log(self, data: bytes) -> None:

@@ -327,7 +327,10 @@ class RayTrainerHandle:
         # The entrypoint kills at this deadline by itself when no daemon asks it to.
         cancel = dict(self._control.get("cancel") or {"requested_at": time.time()})
         cancel["deadline"] = deadline
-        self._cancel_asked = True
+        # A job still pending is stopped now, not at the deadline: the request is in
+        # control.json before the status is asked, so a job that starts meanwhile finds
+        # it and spawns nothing.
+        self._cancel_asked = self._pending_check_due = True
         self._write_control(cancel=cancel)
 
     @property

@@ -35,6 +35,7 @@ import structlog
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_contract.timestamps import parse_timestamp, utc_now
+from runforge_contract.trainer_parent import CUT_NOTE, MAX_OUTPUT_LINE
 from runforge_protocol import events as ev
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
@@ -68,7 +69,9 @@ log = structlog.get_logger("runforged.supervisor")
 
 TREE_REFRESH_S = 0.5
 EVENTS_FLUSH_S = 0.2
-MAX_LOG_LINE = 1 << 20  # longer stderr/stdout lines are cut here in logs.txt
+# Longer stderr/stdout lines are cut here in logs.txt: a cut line from a trainer's parent
+# (monitor, Ray entrypoint) is MAX_OUTPUT_LINE bytes and its note, kept whole.
+MAX_LOG_LINE = MAX_OUTPUT_LINE + len(CUT_NOTE)
 
 
 class Publisher(Protocol):

@@ -152,11 +152,14 @@ def test_cancel_of_a_run_pending_on_the_cluster_ends_it_and_it_never_trains(
     ws = ray_workspace(daemon, ray_head, rayResources={MISSING_RESOURCE: 1})
     run_id = start_detached(daemon, ws)
     wait_for(lambda: job_status(ray_head, run_id) is JobStatus.PENDING, timeout=60)
-    result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "5")
+    # A long grace: the run must end at once, not at its deadline.
+    result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "300")
     assert result.returncode == 0, result.stdout + result.stderr
-    outcome = wait_result(ws, run_id, timeout=30)
+    outcome = wait_result(ws, run_id, timeout=60)
     assert outcome["state"] == "cancelled_graceful", outcome
     assert "pending" in outcome["reason"]
+    kinds = [e["type"] for e in events_on_disk(ws, run_id)]
+    assert "cancel_escalated" not in kinds and "run_start" not in kinds, kinds
     assert not (run_dir(ws, run_id) / "trainer.pid").exists()
     assert daemon.ctl_json("active")["runs"] == []
 

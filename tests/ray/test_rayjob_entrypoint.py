@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from runforge_contract import layout
+from runforge_contract.trainer_parent import CUT_NOTE, MAX_OUTPUT_LINE
 from tests.harness import (
     REPO_ROOT,
     SESSION_MARKER,
@@ -193,3 +194,18 @@ def test_another_runs_spec_or_none_is_refused_as_not_shared(job: Job) -> None:
     assert said["run_dir"] == str(job.run_dir) and said["found"] == "another run's file"
     assert sorted(p.name for p in job.exchange.iterdir()) == [layout.SPEC_FILE]
     assert not (job.run_dir / "trainer.pid").exists()
+
+
+def test_an_over_long_line_is_cut_as_locally_and_its_rest_dropped(job: Job) -> None:
+    job.prepare("flood_stdout", RF_TEST_FLOOD_BYTES="1000000")
+    job.start()
+    code, _ = job.finish()
+    assert code == 0
+    lines = (job.exchange / layout.OUTPUT_FILE).read_bytes().splitlines()
+    cut = [line for line in lines if line.endswith(CUT_NOTE)]
+    assert len(cut) == 1 and cut[0][:1] == layout.TAG_STDOUT
+    assert len(cut[0]) == 1 + MAX_OUTPUT_LINE + len(CUT_NOTE)
+    # The 3 MiB line's rest is not turned into more lines: every other line is short.
+    assert max(len(line) for line in lines if line not in cut) < 64 * 1024
+    flood = [line for line in lines if line.startswith(layout.TAG_STDOUT + b"flood ")]
+    assert len(flood) >= 9000
