@@ -19,6 +19,9 @@ they decide the same thing, the decision is here:
 - **lines**: the trainer's output is cut into lines the same way (``LineSplitter``): a
   line longer than ``MAX_OUTPUT_LINE`` is kept up to there, marked with ``CUT_NOTE``,
   and the rest of it dropped (counted); a cut line is a log line, never an event.
+- **the log cap**: ``logs.txt`` stops at ``maxLogBytes`` with one note (``LogCap``), and
+  what was not written is said at the end; whoever writes ``logs.txt`` (the monitor for a
+  local run, the daemon for a run on a cluster) applies it.
 
 Where each sends the trainer's lines differs and stays in each program (ARCHITECTURE.md).
 """
@@ -235,6 +238,47 @@ class LineSplitter:
         """Bytes dropped from cut lines since the last call."""
         dropped, self._dropped = self._dropped, 0
         return dropped
+
+
+class LogCap:
+    """``logs.txt`` under its cap (``runforge.maxLogBytes``). Lines are written while they
+    fit; the first that does not is replaced by a note (its writer then publishes
+    ``logs_truncated``, once); later lines, and the dropped rests of cut lines, are only
+    counted, for ``dropped_note`` at the end."""
+
+    def __init__(self, max_bytes: int, logged: int = 0, truncated: bool = False) -> None:
+        self.max_bytes = max_bytes
+        self.logged = logged  # bytes of logs.txt (what an earlier writer left included)
+        self.truncated = truncated
+        self.dropped_bytes = 0
+        self.dropped_lines = 0
+
+    def admit(self, data: bytes) -> bytes | None:
+        """What to write for ``data`` (a line and its newline): ``data`` itself, the cap's
+        note when the cap is reached by it (publish ``logs_truncated``), or None."""
+        if not self.truncated:
+            if self.logged + len(data) <= self.max_bytes:
+                self.logged += len(data)
+                return data
+            self.truncated = True
+            self.dropped_bytes += len(data)
+            self.dropped_lines += 1
+            return (
+                f"[runforge: logs.txt reached its cap of {self.max_bytes} bytes "
+                "(runforge.maxLogBytes); later output of this run is discarded]\n"
+            ).encode()
+        self.dropped_bytes += len(data)
+        self.dropped_lines += 1
+        return None
+
+    def dropped_note(self) -> bytes:
+        """The last line of ``logs.txt`` when anything was not written (else empty)."""
+        if not self.dropped_bytes:
+            return b""
+        return (
+            f"[runforge: {self.dropped_bytes} bytes of output "
+            f"({self.dropped_lines} lines) were not written to logs.txt]\n"
+        ).encode()
 
 
 # ---------------------------------------------------------------------- exit record

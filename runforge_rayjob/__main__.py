@@ -32,6 +32,7 @@ from runforge_contract.layout import (
 EXIT_CANCELLED_BEFORE_START = 0
 
 POLL_S = 0.01  # control file and trainer exit
+DEFAULT_MAX_LOG_BYTES = 64 << 20  # a spec from a daemon that did not say
 PIPE_DRAIN_TIMEOUT_S = 5.0
 READ_CHUNK = 1 << 16
 
@@ -44,14 +45,28 @@ def _read_json(path: Path) -> Any:
 
 
 class Stream:
-    """``output``: whole tagged lines appended with one ``write`` each, from any thread."""
+    """``output``: whole tagged lines appended with one ``write`` each, from any thread.
 
-    def __init__(self, path: Path) -> None:
+    Plain log lines (stdout, and stderr lines that cannot be events) stop at the run's
+    ``maxLogBytes`` as in ``logs.txt`` (``LogCap``): the line that reaches the cap still
+    goes (the daemon's own cap, on the same lines, then notes it); later ones are only
+    counted, so a flooding trainer cannot fill the shared filesystem. Lines that may be
+    events always go."""
+
+    def __init__(self, path: Path, max_log_bytes: int) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._lock = threading.Lock()
+        self.cap = trainer_parent.LogCap(max_log_bytes)
 
     def line(self, tag: bytes, payload: bytes) -> None:
         data = tag + payload + b"\n"  # a line (LineSplitter) or a record: no newline in it
+        if tag == TAG_STDOUT or (
+            tag == TAG_STDERR and not payload.lstrip().startswith((b"{", b"["))
+        ):
+            with self._lock:
+                passes = self.cap.admit(data[1:]) is not None
+            if not passes:
+                return
         with self._lock:
             view = memoryview(data)
             while view:
@@ -148,7 +163,11 @@ class Entrypoint:
         argv = [str(a) for a in self.spec["argv"]]
         if not self.spec.get("python"):
             argv[0] = sys.executable  # the cluster's interpreter: no pythonPath was set
-        self.stream = Stream(self.dir / OUTPUT_FILE)
+        max_log_bytes = self.spec.get("max_log_bytes")
+        self.stream = Stream(
+            self.dir / OUTPUT_FILE,
+            max_log_bytes if isinstance(max_log_bytes, int) else DEFAULT_MAX_LOG_BYTES,
+        )
         signal.signal(signal.SIGTERM, self._on_sigterm)
         # The trainer's tree is every process below this one, double-forked ones included.
         trainer_parent.become_subreaper()
@@ -196,7 +215,13 @@ class Entrypoint:
         for pump in pumps:
             pump.join(PIPE_DRAIN_TIMEOUT_S)
         code = self.exit_code
-        self.stream.record("exited", exit_code=code, leftovers_killed=leftovers)
+        self.stream.record(
+            "exited",
+            exit_code=code,
+            leftovers_killed=leftovers,
+            log_lines_not_copied=self.stream.cap.dropped_lines,
+            log_bytes_not_copied=self.stream.cap.dropped_bytes,
+        )
         self._write_exit(code)
         self.stream.close()
         return code if code >= 0 else 128 - code

@@ -270,6 +270,7 @@ class DaemonContext:
                 resources=settings.ray_resources,
                 python_set=settings.origins["pythonPath"].source is not SettingSource.DEFAULT,
                 grace_s=settings.cancel_grace_seconds,
+                max_log_bytes=settings.max_log_bytes,
             )
         else:
             env = self.child_env()

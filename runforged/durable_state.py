@@ -58,6 +58,7 @@ class InflightRecord(HandleRecord, kw_only=True):
     run_dir: str  # workspace-relative
     started_at: str
     cancel_grace_s: float = 5.0
+    max_log_bytes: int = 64 << 20  # logs.txt's cap, kept by a daemon that adopts the run
 
     def handle_record(self) -> HandleRecord:
         return HandleRecord(

@@ -66,6 +66,7 @@ from runforge_contract.trainer_parent import (
     CUT_NOTE,
     MAX_OUTPUT_LINE,
     LineSplitter,
+    LogCap,
     boot_id,
     exit_record,
     is_zombie,
@@ -286,7 +287,7 @@ class Monitor:
         self.run_id: str = spec["run_id"]
         self.run_dir: str = spec["run_dir"]
         self.run_seq = run_seq
-        self.max_log_bytes = int(spec.get("max_log_bytes") or DEFAULT_MAX_LOG_BYTES)
+        self.log_cap = LogCap(int(spec.get("max_log_bytes") or DEFAULT_MAX_LOG_BYTES))
         self.default_grace_s = float(spec.get("grace_s", 5.0))
         self._prefix = (
             b',"workspace":'
@@ -312,10 +313,6 @@ class Monitor:
         self.announced = False
         self.term_held = False
         self.invalid_lines = 0
-        self.log_bytes = 0
-        self.log_cut_bytes = 0
-        self.log_cut_lines = 0
-        self.log_truncated = False
         self.write_failures: dict[str, str] = {}
         self.events_file: Any = None
         self.logs_file: Any = None
@@ -345,7 +342,7 @@ class Monitor:
             os.path.join(self.run_dir, LOGS_FILE), "ab", buffering=1 << 16
         )
         with contextlib.suppress(OSError):
-            self.log_bytes = os.fstat(self.logs_file.fileno()).st_size
+            self.log_cap.logged = os.fstat(self.logs_file.fileno()).st_size
         sock_path = os.path.join(self.record_dir, SOCKET)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)
@@ -556,7 +553,7 @@ class Monitor:
         self._batch_ts = b""
         if cut_head is not None:
             self._line(pipe, cut_head, cut=True)
-        self.log_cut_bytes += pipe.lines.take_dropped()
+        self.log_cap.dropped_bytes += pipe.lines.take_dropped()
 
     def _close_pipe(self, pipe: _Pipe) -> None:
         rest = pipe.lines.rest()
@@ -598,28 +595,13 @@ class Monitor:
         self._log(line + b"\n")
 
     def _log(self, data: bytes) -> None:
-        if self.log_truncated:
-            self.log_cut_bytes += len(data)
-            self.log_cut_lines += 1
+        written = self.log_cap.admit(data)
+        if written is None:
             return
-        if self.log_bytes + len(data) > self.max_log_bytes:
-            self.log_truncated = True
-            note = (
-                f"[runforge: logs.txt reached its cap of {self.max_log_bytes} bytes "
-                "(runforge.maxLogBytes); later output of this run is discarded]\n"
-            ).encode()
-            self._write_log(note)
-            self._publish(
-                LOGS_TRUNCATED,
-                json.dumps(
-                    {"max_log_bytes": self.max_log_bytes, "logged_bytes": self.log_bytes}
-                ).encode(),
-            )
-            self.log_cut_bytes += len(data)
-            self.log_cut_lines += 1
-            return
-        self.log_bytes += len(data)
-        self._write_log(data)
+        self._write_log(written)
+        if written is not data:  # the cap's note: said once, as an event too
+            cap = {"max_log_bytes": self.log_cap.max_bytes, "logged_bytes": self.log_cap.logged}
+            self._publish(LOGS_TRUNCATED, json.dumps(cap).encode())
 
     def _write_log(self, data: bytes) -> None:
         try:
@@ -799,12 +781,8 @@ class Monitor:
     def _finish(self) -> None:
         """Log what was cut, make events and logs durable, write exit.json, tell attached
         clients, and give them a moment to read it all."""
-        if self.log_cut_bytes:
-            note = (
-                f"[runforge: {self.log_cut_bytes} bytes of output "
-                f"({self.log_cut_lines} lines) were not written to logs.txt]\n"
-            )
-            self._write_log(note.encode())
+        if note := self.log_cap.dropped_note():
+            self._write_log(note)
         for name, handle in ((EVENTS_FILE, self.events_file), (LOGS_FILE, self.logs_file)):
             try:
                 handle.flush()
@@ -821,7 +799,7 @@ class Monitor:
             run_id=self.run_id,
             last_run_seq=self.run_seq,
             invalid_lines=self.invalid_lines,
-            log_truncated=self.log_truncated,
+            log_truncated=self.log_cap.truncated,
             write_failures=self.write_failures,
         )
         try:

@@ -29,6 +29,7 @@ import os
 import secrets
 import shlex
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ import runforge_runner
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_protocol.errors import ErrorCode
-from runforge_protocol.events import INVALID_EVENT_LINE
+from runforge_protocol.events import INVALID_EVENT_LINE, LOGS_TRUNCATED
 from runforged import run_folder
 from runforged.errors import RunforgeError
 from runforged.executor import HandleRecord, Stream, TrainerSpec
@@ -80,6 +81,7 @@ class RayPlacement:
     # it runs under the cluster's own interpreter (the daemon's path means nothing there).
     python_set: bool = False
     grace_s: float = 5.0
+    max_log_bytes: int = 64 << 20  # the entrypoint stops copying plain log lines past it
 
 
 def split_resources(resources: Mapping[str, float]) -> dict[str, Any]:
@@ -493,6 +495,7 @@ class RayExecutor:
             "env": dict(spec.env),
             "python": placement.python_set,
             "grace_s": placement.grace_s,
+            "max_log_bytes": placement.max_log_bytes,
             "trainer_packages": [p.name for p in shipped_packages()[1:]],
         }
         run_folder.write_executor_document(
@@ -544,9 +547,12 @@ class RayExecutor:
             return None
         run_dir = Path(record.job_run_dir)
         handle = RayTrainerHandle(self.client(record.address), run_dir, record)
+        capped = run_folder.events_seen(run_dir, (LOGS_TRUNCATED,))[LOGS_TRUNCATED]
         handle._resume = _Resume(
             events=run_folder.count_events(run_dir, _RELAYED_TYPES),
-            log_lines=run_folder.count_log_lines(run_dir),
+            # Past logs.txt's cap, log lines are dropped: skip every one up to the first
+            # event not yet relayed (they would be dropped again), not a count of them.
+            log_lines=sys.maxsize if capped else run_folder.count_log_lines(run_dir),
         )
         control = run_folder.read_executor_control(run_dir)
         if control is not None:

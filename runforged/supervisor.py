@@ -35,7 +35,7 @@ import structlog
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_contract.timestamps import parse_timestamp, utc_now
-from runforge_contract.trainer_parent import CUT_NOTE, MAX_OUTPUT_LINE
+from runforge_contract.trainer_parent import CUT_NOTE, MAX_OUTPUT_LINE, LogCap
 from runforge_protocol import events as ev
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
@@ -122,6 +122,7 @@ class LiveRun:
     topic_prefix: bytes = b""
     events_file: IO[bytes] | None = None
     log_file: IO[bytes] | None = None
+    log_cap: LogCap | None = None  # logs.txt's cap, where this daemon writes logs.txt
     inflight: InflightRecord | None = None
     # Monitored runs: the durable record, the monitor's connection, its trainer's pid.
     max_log_bytes: int = monitor.DEFAULT_MAX_LOG_BYTES
@@ -278,6 +279,7 @@ class RunSupervisor:
                 if run.trusted is not None:
                     run.trusted.recheck()  # trust withdrawn while it was queued: never spawn
                 run.log_file = run_folder.open_for_append(run.run_dir, run_folder.LOGS_FILE)
+                run.log_cap = LogCap(run.max_log_bytes, os.fstat(run.log_file.fileno()).st_size)
                 spec = TrainerSpec(
                     run_id=run.run_id,
                     argv=run.argv,
@@ -554,7 +556,20 @@ class RunSupervisor:
                 self._on_trainer_event(run, event)
                 return
         if run.log_file is not None:
-            run.log_file.write(line[:MAX_LOG_LINE] + b"\n")
+            self._log(run, line[:MAX_LOG_LINE] + b"\n")
+
+    def _log(self, run: LiveRun, data: bytes) -> None:
+        """One line into logs.txt, under its cap (the monitor's policy, ``LogCap``)."""
+        assert run.log_file is not None
+        cap = run.log_cap
+        written = data if cap is None else cap.admit(data)
+        if written is None:
+            return
+        run.log_file.write(written)
+        if cap is not None and written is not data:  # the cap's note: said once
+            self._publish(
+                run, ev.LOGS_TRUNCATED, {"max_log_bytes": cap.max_bytes, "logged_bytes": cap.logged}
+            )
 
     def _on_trainer_event(self, run: LiveRun, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -715,6 +730,10 @@ class RunSupervisor:
 
     def _close_files(self, run: LiveRun) -> None:
         """Flush, fsync and close the run's files; a full disk is logged, never raised."""
+        note = run.log_cap.dropped_note() if run.log_cap is not None else b""
+        if note and run.log_file is not None and not run.log_file.closed:
+            with contextlib.suppress(OSError, ValueError):
+                run.log_file.write(note)
         for handle in (run.events_file, run.log_file):
             if handle is not None and not handle.closed:
                 try:
@@ -918,12 +937,19 @@ class RunSupervisor:
             handle=handle,
             inflight=record,
         )
-        seen = run_folder.events_seen(run_dir, (te.ARTIFACTS_WRITTEN, te.RUN_CANCELLED))
+        kinds = (te.ARTIFACTS_WRITTEN, te.RUN_CANCELLED, ev.LOGS_TRUNCATED)
+        seen = run_folder.events_seen(run_dir, kinds)
         run.evidence.artifacts_written = seen[te.ARTIFACTS_WRITTEN]
         run.evidence.run_cancelled = seen[te.RUN_CANCELLED]
         run.topic_prefix = ev.run_topic_prefix(str(workspace), run.run_id)
         run.events_file = run_folder.open_for_append(run_dir, run_folder.EVENTS_FILE)
         run.log_file = run_folder.open_for_append(run_dir, run_folder.LOGS_FILE)
+        run.max_log_bytes = record.max_log_bytes
+        run.log_cap = LogCap(
+            record.max_log_bytes,
+            os.fstat(run.log_file.fileno()).st_size,
+            truncated=seen[ev.LOGS_TRUNCATED],  # the note is there already
+        )
         run.controller = self._cancel_controller(run, handle)
         self._active[run.run_id] = run
         log.info("run_adopted", run_id=run.run_id, executor=run.executor, run_seq=run.run_seq)
@@ -955,6 +981,7 @@ class RunSupervisor:
             run_dir=run.request.run_dir,
             started_at=run.started_at,
             cancel_grace_s=run.grace_s,
+            max_log_bytes=run.max_log_bytes,
         )
         self.inflight_records.save(run.inflight)
 

@@ -56,7 +56,9 @@ class Job:
     def exchange(self) -> Path:
         return self.run_dir / layout.EXECUTOR_DIR
 
-    def prepare(self, mode: str, grace_s: float = 5.0, **env: str) -> None:
+    def prepare(
+        self, mode: str, grace_s: float = 5.0, max_log_bytes: int = 64 << 20, **env: str
+    ) -> None:
         """The run folder and ``spec.json`` as the daemon writes them before submitting."""
         self.exchange.mkdir(parents=True)
         self.nonce = secrets.token_hex(16)
@@ -75,6 +77,7 @@ class Job:
             "env": {"RF_TEST_MODE": mode, "RUNFORGE_RUN_ID": RUN_ID, **env},
             "python": True,
             "grace_s": grace_s,
+            "max_log_bytes": max_log_bytes,
             "trainer_packages": ["rf_test_trainer", "runforge_contract"],
         }
         (self.exchange / layout.SPEC_FILE).write_text(json.dumps(spec))
@@ -209,3 +212,22 @@ def test_an_over_long_line_is_cut_as_locally_and_its_rest_dropped(job: Job) -> N
     assert max(len(line) for line in lines if line not in cut) < 64 * 1024
     flood = [line for line in lines if line.startswith(layout.TAG_STDOUT + b"flood ")]
     assert len(flood) >= 9000
+
+
+def test_a_flood_stops_at_the_log_cap_but_events_go_on(job: Job) -> None:
+    cap = 1_000_000
+    job.prepare("flood_stdout", max_log_bytes=cap, RF_TEST_FLOOD_BYTES="20000000")
+    job.start()
+    code, _ = job.finish()
+    assert code == 0
+    output = job.exchange / layout.OUTPUT_FILE
+    lines = output.read_bytes().splitlines()
+    plain = [line for line in lines if line[:1] == layout.TAG_STDOUT]
+    # Up to the cap, and the line that reached it (the daemon's own cap notes it there).
+    assert cap <= sum(len(line) for line in plain) <= cap + MAX_OUTPUT_LINE + 1000
+    assert output.stat().st_size < cap + MAX_OUTPUT_LINE + 100_000
+    events = [line for line in lines if line[:1] == layout.TAG_STDERR]
+    assert any(b'"artifacts_written"' in line for line in events)  # after the flood
+    exited = job.records()[-1]
+    assert exited["record"] == "exited"
+    assert exited["log_bytes_not_copied"] > 15_000_000

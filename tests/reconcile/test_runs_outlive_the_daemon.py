@@ -94,7 +94,8 @@ def test_runs_go_on_through_a_daemon_kill_with_events_contiguous_for_every_follo
     assert result["cancel_requested"] is True
     for run_id in (first, second, cancelled):
         assert_contiguous(events_on_disk(ws, run_id))
-        assert not record_dir(daemon, run_id).exists()
+        # Dropped right after run_terminal is on disk (and the run's files fsynced).
+        wait_for(lambda r=run_id: not record_dir(daemon, r).exists(), timeout=30)
     for events in (followed(early), followed(late)):
         assert_contiguous(events)
         assert [e["run_seq"] for e in events] == [e["run_seq"] for e in events_on_disk(ws, first)]
