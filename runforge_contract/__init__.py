@@ -5,10 +5,11 @@
 - ``trainer_events``: the events a trainer writes to stderr, with their fields;
 - ``run_ids``: what a run id looks like, and how a fresh one is made;
 - ``timestamps``: the one timestamp format of every contract file;
-- ``trainer_parent``: what a trainer's parent process does (spawn, tree kill, exit record),
-  shared by the per-run monitor and the Ray job's entrypoint;
 - ``sample_data``: the bundled sample datasets (``runforgectl sample-data`` and the
   runner's ``sample-data`` command write them).
+- ``trainer_parent``: what a trainer's parent process does (spawn, tree kill, output
+  lines, log cap, exit record), shared by the per-run monitor and the Ray job's
+  entrypoint (and the log cap by the daemon).
 
 The daemon puts this package beside ``runforge_runner`` on a trainer's PYTHONPATH, so it
 must import under any Python >= 3.10 with nothing but the standard library.
