@@ -65,8 +65,10 @@ def _train_or_cancel(
 
     time.sleep(_float_env("RF_TEST_HANDLER_DELAY_S", 0.0))  # start-up, handler not yet in
     signal.signal(signal.SIGTERM, handle_sigterm)
-    run.write_pid()
     try:
+        # Inside: trainer.pid is visible (renamed) before write_pid returns (it still
+        # fsyncs the folder), and a SIGTERM sent on seeing it must be a cancel.
+        run.write_pid()
         run.announce()
         if silence_stderr:
             _silence_stderr()
