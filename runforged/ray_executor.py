@@ -275,7 +275,7 @@ class RayTrainerHandle:
             if self._ended.is_set():
                 return
             if self._exit is None:
-                self._exit = run_folder.read_executor_exit(self._run_dir)
+                self._exit = run_folder.read_executor_document(self._run_dir, layout.EXIT_FILE)
                 if self._exit is not None:
                     continue  # one more read: the stream is complete before exit.json
             if self._exit is not None:
@@ -545,7 +545,7 @@ class RayExecutor:
             events=run_folder.count_events(run_dir, _RELAYED_TYPES),
             log_lines=run_folder.count_log_lines(run_dir),
         )
-        control = run_folder.read_executor_control(run_dir)
+        control = run_folder.read_executor_document(run_dir, layout.CONTROL_FILE)
         if control is not None:
             handle._control = control  # a cancel asked before the restart, and its deadline
         return handle

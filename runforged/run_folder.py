@@ -21,8 +21,8 @@ file              reader                                                      wh
 ``logs.txt``      ``count_log_lines`` (a torn last line is not counted)       0
 ``.executor/``    a cluster run's exchange with its entrypoint (``spec.json``,  None (absent)
                   ``control.json`` written here; ``output`` followed through
-                  ``open_executor_stream``; ``exit.json`` by
-                  ``read_executor_exit``)
+                  ``open_executor_stream``; ``exit.json``, ``control.json``
+                  read by ``read_executor_document``)
 documents         ``read_document``: any JSON (show, metrics, ...)             RunforgeError
 ================  ==========================================================  ===========
 
@@ -55,10 +55,8 @@ import msgspec
 from runforge_contract import layout
 from runforge_contract.layout import (
     CANCELLED_MARKER,
-    CONTROL_FILE,
     EVENTS_FILE,
     EXECUTOR_DIR,
-    EXIT_FILE,
     INDEX_FILE,
     INDEX_ORPHAN_MARKER,
     LOGS_FILE,
@@ -891,18 +889,11 @@ def open_executor_stream(run_dir: Path) -> int | None:
         return None
 
 
-def read_executor_exit(run_dir: Path) -> dict[str, Any] | None:
-    """The entrypoint's ``exit.json`` (the trainer's exit status), None while absent or
-    not (yet) a JSON object."""
-    return _executor_document(run_dir, EXIT_FILE)
-
-
-def read_executor_control(run_dir: Path) -> dict[str, Any] | None:
-    """The daemon's ``control.json`` (cancel and kill requests so far), None if absent."""
-    return _executor_document(run_dir, CONTROL_FILE)
-
-
-def _executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+def read_executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The one reader of ``.executor/``'s JSON documents: the entrypoint's ``exit.json``
+    (the trainer's exit status) or the daemon's ``control.json`` (cancel and kill
+    requests so far). None while absent, not a regular file reached without a symlink,
+    over ``EXECUTOR_DOCUMENT_MAX_BYTES``, or not (yet) a JSON object."""
     data = _open_small_regular_file(run_dir / EXECUTOR_DIR / name, EXECUTOR_DOCUMENT_MAX_BYTES)
     if data is None:
         return None
