@@ -46,9 +46,9 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -97,6 +97,7 @@ __all__ = [
 ]
 
 _json = msgspec.json.Encoder()
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- opening
 
@@ -237,6 +238,93 @@ def open_runs_folder(runs_dir: str) -> int:
 def open_run_folder(name: str, *, runs_fd: int) -> int:
     """A descriptor of run folder ``name`` of the open runs folder; raises OSError."""
     return beneath.open_dir(runs_fd, name)
+
+
+class ListingNeeded(Exception):
+    """A question a folder taken for a complete run cannot answer: list it, ask again."""
+
+
+class LazyRunFolder:
+    """Which files a folder of an open ``.ml/runs`` holds, and their bytes, for the
+    classifications that may face 10^5 folders (recovery, orphans).
+
+    Without a listing the folder is taken for a complete run as the daemon leaves it
+    (``assumed`` files are there: a listing is five system calls); a ``checked`` file is
+    looked up with one ``lstat`` (a dangling link counts, as in a listing). Any other
+    question, or a file that cannot be read, raises ``ListingNeeded``: the caller asks
+    again of ``listed()``. With a listing, a file that cannot be read raises the
+    RunFolderError that says so. ``classify_lazily`` does both steps.
+    """
+
+    __slots__ = ("assumed", "checked", "listing", "name", "path", "runs_fd")
+
+    def __init__(
+        self,
+        runs_fd: int,
+        runs_dir: str,
+        name: str,
+        *,
+        assumed: frozenset[str],
+        checked: frozenset[str] = frozenset(),
+        listing: set[str] | None = None,
+    ) -> None:
+        self.runs_fd = runs_fd
+        self.path = f"{runs_dir}/{name}"
+        self.name = name
+        self.assumed = assumed
+        self.checked = checked
+        self.listing = listing
+
+    def __contains__(self, file: object) -> bool:
+        if self.listing is not None:
+            return file in self.listing
+        if file in self.assumed:
+            return True
+        if file in self.checked:
+            return os.access(
+                f"{self.name}/{file}", os.F_OK, dir_fd=self.runs_fd, follow_symlinks=False
+            )
+        raise ListingNeeded
+
+    def read(self, file: str) -> bytes:
+        try:
+            return read_file(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def read_with_mtime(self, file: str) -> tuple[bytes, int]:
+        try:
+            return read_file_with_mtime(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def _unreadable(self, file: str, exc: OSError) -> Exception:
+        return ListingNeeded() if self.listing is None else file_error(file, exc)
+
+    def listed(self) -> LazyRunFolder:
+        """The same folder with its listing; raises OSError when it cannot be listed."""
+        fd = open_run_folder(self.name, runs_fd=self.runs_fd)
+        try:
+            listing = set(os.listdir(fd))
+        finally:
+            os.close(fd)
+        return LazyRunFolder(
+            self.runs_fd,
+            os.path.dirname(self.path),
+            self.name,
+            assumed=frozenset(),
+            listing=listing,
+        )
+
+
+def classify_lazily(folder: LazyRunFolder, classify: Callable[[LazyRunFolder], _T]) -> _T:
+    """``classify(folder)``, taken for a complete run first, then from its listing if that
+    did not answer. Raises OSError when the folder cannot be listed."""
+    try:
+        return classify(folder)
+    except ListingNeeded:
+        pass
+    return classify(folder.listed())
 
 
 def create_runs_folder(workspace: Path) -> int:
