@@ -84,43 +84,49 @@ def _normalise(node: Any) -> Any:
     return out
 
 
-def _schema_document(root: Any, title: str, description: str) -> dict[str, Any]:
-    (schema,), components = msgspec.json.schema_components([root], ref_template="#/$defs/{name}")
-    schema, components = _normalise(schema), _normalise(components)
-    return {
-        "$schema": JSON_SCHEMA_DIALECT,
-        "$comment": GENERATED_NOTE,
-        "title": title,
-        "description": description,
-        **schema,
-        "$defs": components,
-    }
+# (file, root type, what one message is, description): one JSON Schema file each.
+_SCHEMA_FILES: list[tuple[str, Any, str, str]] = [
+    (
+        "requests.schema.json",
+        m.Request,
+        "request",
+        "One request frame sent to the daemon's control socket, MessagePack-encoded. "
+        "The `type` field selects the request.",
+    ),
+    (
+        "replies.schema.json",
+        m.Reply,
+        "reply",
+        "The one reply frame to each request. `ok` true: `result` holds the result "
+        "(tagged by `type`) and `error` is null; `ok` false: `error` holds the "
+        "structured error and `result` is null.",
+    ),
+    (
+        "events.schema.json",
+        m.Event,
+        "event",
+        "The payload frame of a published event `[topic, payload]`, and one line of a "
+        "run's events.jsonl. `data` depends on `type` (see protocol/PROTOCOL.md).",
+    ),
+]
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema (draft 2020-12) of requests, replies and events."""
-    version = m.PROTOCOL_VERSION
-    return {
-        "requests.schema.json": _schema_document(
-            m.Request,
-            f"RunForge protocol {version}: request",
-            "One request frame sent to the daemon's control socket, MessagePack-encoded. "
-            "The `type` field selects the request.",
-        ),
-        "replies.schema.json": _schema_document(
-            m.Reply,
-            f"RunForge protocol {version}: reply",
-            "The one reply frame to each request. `ok` true: `result` holds the result "
-            "(tagged by `type`) and `error` is null; `ok` false: `error` holds the "
-            "structured error and `result` is null.",
-        ),
-        "events.schema.json": _schema_document(
-            m.Event,
-            f"RunForge protocol {version}: event",
-            "The payload frame of a published event `[topic, payload]`, and one line of a "
-            "run's events.jsonl. `data` depends on `type` (see protocol/PROTOCOL.md).",
-        ),
-    }
+    documents = {}
+    for file, root, noun, description in _SCHEMA_FILES:
+        (schema,), components = msgspec.json.schema_components(
+            [root], ref_template="#/$defs/{name}"
+        )
+        documents[file] = {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "$comment": GENERATED_NOTE,
+            "title": f"RunForge protocol {m.PROTOCOL_VERSION}: {noun}",
+            "description": description,
+            **_normalise(schema),
+            "$defs": _normalise(components),
+        }
+    return documents
 
 
 # --------------------------------------------------------------------------- examples
