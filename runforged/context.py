@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-import msgspec
 import structlog
 
 from runforge_contract.timestamps import utc_now
@@ -210,7 +209,7 @@ class DaemonContext:
         )
         try:
             settings = await self.read_settings(workspace)
-            status.settings = msgspec.to_builtins(settings)
+            status.settings = settings
             trusted = self.trust.require(str(workspace))
         except RunforgeError as exc:
             status.problems.append(_info(exc))
@@ -221,12 +220,10 @@ class DaemonContext:
             interpreter = await self.probes.check_interpreter(
                 trusted, settings.python_path, env=env
             )
-            status.interpreter = msgspec.to_builtins(interpreter)
+            status.interpreter = interpreter
             gpu = await self.probes.probe_gpu(trusted, settings.python_path, env=env)
-            status.gpu = msgspec.to_builtins(gpu)
-            status.device = msgspec.to_builtins(
-                choose_device(settings.device, settings.preset, gpu)
-            )
+            status.gpu = gpu
+            status.device = choose_device(settings.device, settings.preset, gpu)
         except RunforgeError as exc:
             status.problems.append(_info(exc))
         return status

@@ -10,8 +10,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from runforge_contract import layout
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
@@ -286,7 +284,7 @@ async def _inspect(
     return InspectResult(
         workspace=str(workspace),
         path=path,
-        document=msgspec.to_builtins(inspection),
+        document=inspection,
         orphans=await ctx.orphans(workspace),
     )
 
