@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 import structlog
 
+from runforge_contract.params import PARAM_SPECS, InvalidParam
 from runforge_contract.timestamps import utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
@@ -91,7 +92,8 @@ def check_train_request(request: Train) -> None:
 def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
     """Every ``--param`` before anything is created: names always; with the bundled runner
     also each name against the model family's hyperparameters and each value against its
-    parser (the runner's own table), so a bad value never costs a run folder."""
+    parser (``runforge_contract.params``, the runner's own table), so a bad value never
+    costs a run folder."""
     for name in params:
         if not PARAM_NAME.match(name):
             raise RunforgeError(
@@ -102,9 +104,6 @@ def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
             )
     if settings.ml_runner_module != BUNDLED_RUNNER:
         return  # a custom runner has its own parameters and checks them itself
-    from runforge_runner.contract import TrainerError
-    from runforge_runner.params import PARAM_SPECS
-
     specs = PARAM_SPECS.get(settings.model_family, {})
     for name, raw in params.items():
         spec = specs.get(name)
@@ -118,7 +117,7 @@ def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
             )
         try:
             spec.parse(name, raw)
-        except TrainerError as exc:
+        except InvalidParam as exc:
             raise RunforgeError(
                 ErrorCode.BAD_REQUEST,
                 str(exc),
