@@ -17,8 +17,8 @@ from runforge_contract.params import PARAM_SPECS, InvalidParam
 from runforge_contract.timestamps import utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
-from runforge_protocol.records import RequestRecord
 from runforged import beneath, paths, run_folder
+from runforged.disk_formats import RequestRecord
 from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor

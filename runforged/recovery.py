@@ -42,7 +42,6 @@ import structlog
 
 from runforge_contract.timestamps import sort_timestamp, utc_now
 from runforge_protocol.records import (
-    IndexEntry,
     RecoveryItem,
     RecoveryReason,
     RecoveryReport,
@@ -50,6 +49,7 @@ from runforge_protocol.records import (
     RecoverySkipError,
     ResultRecord,
 )
+from runforged.disk_formats import IndexEntry
 from runforged.index import RunIndex
 from runforged.index_entry import cancelled_run_id, entry_from_files, needs_run_json_mtime
 from runforged.outcome import was_cancelled

@@ -72,14 +72,9 @@ from runforge_contract.run_ids import MARKER_RUN_ID_PATTERN, is_valid_run_id
 from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Event
-from runforge_protocol.records import (
-    IndexErrorInfo,
-    IndexOrphanMarker,
-    RecoverySkipError,
-    RequestRecord,
-    ResultRecord,
-)
+from runforge_protocol.records import IndexErrorInfo, RecoverySkipError, ResultRecord
 from runforged import beneath
+from runforged.disk_formats import IndexOrphanMarker, RequestRecord
 from runforged.errors import RunforgeError
 
 __all__ = [

@@ -30,9 +30,10 @@ from runforge_protocol.messages import (
     RunSummary,
     ShowRun,
 )
-from runforge_protocol.records import IndexEntry, IndexStatus
+from runforge_protocol.records import IndexStatus
 from runforged import outcome, paths, run_folder
 from runforged.context import DaemonContext
+from runforged.disk_formats import IndexEntry
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.inspection import inspect_artifact as spawn_inspect_artifact
