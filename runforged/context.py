@@ -24,7 +24,6 @@ from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
 from runforged.monitor_executor import MonitorExecutor
-from runforged.probes import InterpreterProbes, choose_device
 from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
 from runforged.server import Daemon
@@ -41,6 +40,7 @@ from runforged.settings import (
 from runforged.supervisor import LiveRun, RunSupervisor
 from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
+from runforged.workspace_python import InterpreterProbes, choose_device
 
 log = structlog.get_logger("runforged.context")
 

@@ -19,8 +19,8 @@ from runforge_protocol.errors import ErrorCode
 from runforge_protocol.payloads import ArtifactInspection, DatasetInspection
 from runforged.errors import RunforgeError
 from runforged.paths import resolve_inside
-from runforged.probes import interpreter_not_found, locate_interpreter, run_in_workspace
 from runforged.trust import TrustedWorkspace
+from runforged.workspace_python import interpreter_not_found, locate_interpreter, run_in_workspace
 
 log = structlog.get_logger(__name__)
 

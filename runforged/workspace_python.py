@@ -1,5 +1,6 @@
-"""Short-lived spawns in a trusted workspace: the interpreter version check, the GPU probe,
-and the device choice made from it.
+"""The workspace's Python: whether its interpreter can run a trainer (the version check),
+which GPU it sees (the probe), and which device a run uses (the choice). It also hosts
+the one way the daemon runs anything short-lived in a workspace, the trust-gated spawn.
 
 Every spawn here goes through :func:`run_in_workspace`, which takes a
 :class:`~runforged.trust.TrustedWorkspace`, re-checks trust, runs the child in its own
