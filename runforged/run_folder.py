@@ -53,6 +53,7 @@ from typing import IO, Annotated, Any, Literal, TypeVar
 import msgspec
 
 from runforge_contract import layout
+from runforge_contract.event_log import run_seq_of
 from runforge_contract.layout import (
     CANCELLED_MARKER,
     EVENTS_FILE,
@@ -838,18 +839,16 @@ def read_events(run_dir: Path, since: int, limit: int) -> tuple[list[Event], int
 
 
 def last_run_seq(run_dir: Path) -> int:
-    """The highest ``run_seq`` persisted (0 if none or unreadable)."""
-    try:
-        return max(
-            (
-                _event_decoder.decode(line).run_seq
-                for line in _event_lines(run_dir)
-                if line.strip().startswith(b"{") and line.endswith(b"\n")
-            ),
-            default=0,
-        )
-    except (OSError, msgspec.DecodeError, RecursionError):
-        return 0
+    """The highest ``run_seq`` persisted (0 if none or unreadable); read as the monitor
+    reads it (``runforge_contract.event_log.run_seq_of``), torn last line ignored."""
+    last = 0
+    with contextlib.suppress(OSError):
+        for line in _event_lines(run_dir):
+            if line.endswith(b"\n"):
+                seq = run_seq_of(line)
+                if seq is not None and seq > last:
+                    last = seq
+    return last
 
 
 def events_seen(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, bool]:
