@@ -26,6 +26,10 @@ file              reader                                                      wh
 documents         ``read_document``: any JSON (show, metrics, ...)             RunforgeError
 ================  ==========================================================  ===========
 
+A folder of ``.ml/runs`` that recovery or the orphan tracker classifies is looked at
+through ``LazyRunFolder`` (``classify_lazily``): taken for a complete run first, listed
+only when that cannot answer.
+
 The ``read_*`` functions raise (recovery and the index say why a folder is skipped);
 ``load_*`` return None (the live path and the observability reads carry on without).
 
