@@ -39,9 +39,6 @@ from typing import Any
 import msgspec
 import structlog
 
-import runforge_contract
-import runforge_rayjob
-import runforge_runner
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_protocol.errors import ErrorCode
@@ -50,6 +47,7 @@ from runforged import run_folder
 from runforged.errors import RunforgeError
 from runforged.executor import HandleRecord, Stream, TrainerSpec
 from runforged.ray_jobs import JobInfo, JobStatus, RayJobsClient, RayJobsError, package_archive
+from runforged.trainer_env import TRAINER_PACKAGES, package_dir
 from runforged.trainer_events import InvalidEventLine, parse_line
 
 log = structlog.get_logger("runforged.ray_executor")
@@ -131,10 +129,7 @@ def cluster_error(exc: RayJobsError, workspace: str) -> RunforgeError:
 def shipped_packages() -> list[Path]:
     """What a job carries to the cluster: the entrypoint, and the packages a trainer may
     import of ours (all standard library only)."""
-    return [
-        Path(module.__file__ or "").resolve().parent
-        for module in (runforge_rayjob, runforge_runner, runforge_contract)
-    ]
+    return [package_dir(name) for name in ("runforge_rayjob", *TRAINER_PACKAGES)]
 
 
 class OutputFollower:
@@ -277,7 +272,7 @@ class RayTrainerHandle:
             if self._ended.is_set():
                 return
             if self._exit is None:
-                self._exit = run_folder.read_executor_exit(self._run_dir)
+                self._exit = run_folder.read_executor_document(self._run_dir, layout.EXIT_FILE)
                 if self._exit is not None:
                     continue  # one more read: the stream is complete before exit.json
             if self._exit is not None:
@@ -554,7 +549,7 @@ class RayExecutor:
             # event not yet relayed (they would be dropped again), not a count of them.
             log_lines=sys.maxsize if capped else run_folder.count_log_lines(run_dir),
         )
-        control = run_folder.read_executor_control(run_dir)
+        control = run_folder.read_executor_document(run_dir, layout.CONTROL_FILE)
         if control is not None:
             handle._control = control  # a cancel asked before the restart, and its deadline
         return handle
