@@ -17,6 +17,7 @@ from benchmarks import (
     bench_cli,
     bench_control,
     bench_events,
+    bench_monitor,
     bench_ray,
     bench_runner,
     bench_scale,
@@ -43,6 +44,7 @@ GROUPS: list[tuple[set[int], Callable[[bool], list[Figure]]]] = [
     ({12, 13, 14, 15}, bench_ray.run),
     ({16}, lambda quick: [bench_runner.training(quick)]),
     ({17}, lambda quick: [bench_runner.csv_load(quick)]),
+    ({18}, bench_monitor.run),
 ]
 
 
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few rounds, small sizes")
     parser.add_argument(
-        "--only", help="comma-separated figure numbers (default: all, 1 to 17)", default=""
+        "--only", help="comma-separated figure numbers (default: all, 1 to 18)", default=""
     )
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where to write the JSON"

@@ -44,13 +44,12 @@ import structlog
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runforge_protocol.records import (  # noqa: E402 - after the path set-up above
+from runforge_protocol.records import ResultRecord, RunState  # noqa: E402 - after the path set-up
+from runforged.disk_formats import (  # noqa: E402 - after the path set-up above
     IndexEntry,
     IndexFile,
     IndexSummary,
     RequestRecord,
-    ResultRecord,
-    RunState,
 )
 from runforged.index_writer import IndexWriter  # noqa: E402
 

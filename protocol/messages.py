@@ -18,6 +18,7 @@ from typing import Annotated, Any, Union, get_args
 import msgspec
 
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.payloads import DeviceChoice, GpuProbe, InterpreterInfo, ResolvedSettings
 from runforge_protocol.records import IndexStatus, RecoveryReport, RunState
 
 PROTOCOL_VERSION = 1
@@ -313,10 +314,10 @@ class WorkspaceStatus(msgspec.Struct, kw_only=True):
 
     workspace: str
     trusted: bool
-    settings: dict[str, Any] | None = None
-    interpreter: dict[str, Any] | None = None
-    gpu: dict[str, Any] | None = None
-    device: dict[str, Any] | None = None
+    settings: ResolvedSettings | None = None
+    interpreter: InterpreterInfo | None = None
+    gpu: GpuProbe | None = None
+    device: DeviceChoice | None = None
     problems: list[ErrorInfo] = []
     orphans: list[OrphanInfo] = []
 
@@ -342,7 +343,7 @@ class SettingsResult(ResultBase, tag="settings"):
     """The resolved settings document (see ``WorkspaceStatus.settings``)."""
 
     workspace: str
-    settings: dict[str, Any]
+    settings: ResolvedSettings
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -382,6 +383,19 @@ class CancelResult(ResultBase, tag="cancel"):
     deadline_in_s: float | None = None  # seconds from the reply to the SIGKILL deadline
 
 
+# Open-ended on purpose: the daemon's own events have the fixed fields PROTOCOL.md lists
+# per type, but a trainer's event is the trainer's whole object, whose fields (metrics,
+# progress...) the trainer defines; a type is always named by the envelope's ``type``.
+EventData = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description="The payload of the event `type`: for the daemon's own events the "
+        "fields protocol/PROTOCOL.md lists per type; for a trainer's event its whole "
+        "object (event, timestamp, run_id, and fields the trainer defines: open-ended)."
+    ),
+]
+
+
 class Event(msgspec.Struct, kw_only=True):
     """What the daemon publishes (frame 2 of ``[topic, payload]``) and persists per run."""
 
@@ -391,7 +405,7 @@ class Event(msgspec.Struct, kw_only=True):
     type: str
     workspace: str = ""
     run_id: str = ""
-    data: dict[str, Any] = {}
+    data: EventData = {}
 
 
 class ReplayResult(ResultBase, tag="replay"):
@@ -444,12 +458,30 @@ class MarkdownResult(ResultBase, tag="markdown"):
     orphans: list[OrphanInfo] = []
 
 
+# Both shapes have no tag of their own (a union of two untagged structs cannot be
+# decoded), so the type says which is which and the schema lists both.
+InspectDocument = Annotated[
+    Any,
+    msgspec.Meta(
+        description="inspect_dataset: a DatasetInspection; inspect_artifact: an "
+        "ArtifactInspection (protocol/payloads.py).",
+        extra_json_schema={
+            "anyOf": [
+                {"$ref": "#/$defs/DatasetInspection"},
+                {"$ref": "#/$defs/ArtifactInspection"},
+            ]
+        },
+    ),
+]
+
+
 class InspectResult(ResultBase, tag="inspect"):
-    """The runner's ``inspect`` / ``inspect-artifact`` JSON output as ``document``."""
+    """The runner's ``inspect`` / ``inspect-artifact`` output as ``document``: a
+    ``DatasetInspection`` or an ``ArtifactInspection`` (decoded as a plain map)."""
 
     workspace: str
     path: str
-    document: Any
+    document: InspectDocument
     orphans: list[OrphanInfo] = []
 
 

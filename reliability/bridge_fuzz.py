@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import psutil
@@ -19,27 +19,13 @@ import psutil
 from benchmarks.processes import command
 from reliability.attacks import LINE_ATTACKS, Targets
 from reliability.daemon import FuzzDaemon, ResourceSample
+from reliability.fuzzing import AttackMix, ClassResult, collect
 from runforgectl.jsonlines import MAX_LINE_BYTES
 
 WINDOW = 25
 REPLY_TIMEOUT_S = 60.0
 # Long single lines to time the reader on: linear reading keeps MB/s flat as lines grow.
 TIMED_LINE_MB = (10, 50)
-
-
-@dataclass
-class LineClassResult:
-    name: str
-    sent: int = 0
-    replies: int = 0
-    ok: int = 0
-    structured_errors: int = 0
-    unanswered: int = 0
-    codes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.unanswered == 0
 
 
 @dataclass
@@ -54,7 +40,7 @@ class BridgeFuzzReport:
     duration_s: float
     resources: list[ResourceSample]
     long_lines: list[tuple[int, float]]  # (MB, seconds from write to its error reply)
-    classes: list[LineClassResult]
+    classes: list[ClassResult]
 
     @property
     def passed(self) -> bool:
@@ -103,6 +89,13 @@ class _BridgeProcess:
             self.proc.stdin.write(b"\n")
         self.proc.stdin.flush()
 
+    def next_reply(self, wait_s: float) -> dict[str, Any] | None:
+        """The next reply line, None if none came within ``wait_s``."""
+        try:
+            return self.replies.get(timeout=wait_s)
+        except queue.Empty:
+            return None
+
     def stderr(self) -> str:
         return b"".join(self._stderr).decode(errors="replace")
 
@@ -125,10 +118,7 @@ def run(
 ) -> BridgeFuzzReport:
     """Send ``lines`` hostile lines through a fresh bridge to a fresh daemon."""
     rng = random.Random(seed)
-    names = [name for name, _, _ in LINE_ATTACKS]
-    weights = [w for _, _, w in LINE_ATTACKS]
-    generators = {name: gen for name, gen, _ in LINE_ATTACKS}
-    results = {name: LineClassResult(name) for name in names}
+    mix = AttackMix(LINE_ATTACKS)
     with FuzzDaemon() as daemon:
         targets = Targets(daemon.workspace, daemon.elsewhere)
         bridge = _BridgeProcess(daemon)
@@ -139,11 +129,11 @@ def run(
         crashed = False
         try:
             while sent < lines:
-                name = rng.choices(names, weights)[0]
+                attack, result = mix.pick(rng)
                 batch = min(WINDOW, lines - sent)
-                bridge.send([generators[name](rng, targets) for _ in range(batch)])
-                results[name].sent += batch
-                _collect(bridge, batch, results[name])
+                bridge.send([attack(rng, targets) for _ in range(batch)])
+                result.sent += batch
+                collect(bridge.next_reply, _classify, batch, result, REPLY_TIMEOUT_S)
                 previous, sent = sent, sent + batch
                 if bridge.proc.poll() is not None:
                     crashed = True
@@ -157,7 +147,7 @@ def run(
         finally:
             code = bridge.close()
         crashed = crashed or code != 0 or "Traceback" in bridge.stderr()
-    classes = [results[n] for n in names if results[n].sent]
+    classes = mix.classes()
     return BridgeFuzzReport(
         lines_sent=sent,
         replies=sum(c.replies for c in classes),
@@ -173,23 +163,11 @@ def run(
     )
 
 
-def _collect(bridge: _BridgeProcess, expected: int, result: LineClassResult) -> None:
-    got = 0
-    deadline = time.monotonic() + REPLY_TIMEOUT_S
-    while got < expected:
-        try:
-            reply = bridge.replies.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        got += 1
-        if reply.get("ok") is True:
-            result.ok += 1
-        else:
-            result.structured_errors += 1
-            code = str((reply.get("error") or {}).get("code"))
-            result.codes[code] = result.codes.get(code, 0) + 1
-    result.replies += got
-    result.unanswered += expected - got
+def _classify(reply: dict[str, Any], result: ClassResult) -> None:
+    if reply.get("ok") is True:
+        result.ok += 1
+    else:
+        result.error(str((reply.get("error") or {}).get("code")))
 
 
 def _time_long_lines(bridge: _BridgeProcess) -> list[tuple[int, float]]:

@@ -7,37 +7,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import zmq
 
 from reliability.attacks import FRAME_ATTACKS, Targets
 from reliability.daemon import FuzzDaemon, ResourceSample
+from reliability.fuzzing import AttackMix, ClassResult, collect
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
 
 WINDOW = 50  # messages in flight at once, all of one attack class
 REPLY_TIMEOUT_S = 30.0
-
-
-@dataclass
-class ClassResult:
-    """What one attack class got back."""
-
-    name: str
-    sent: int = 0
-    replies: int = 0
-    ok: int = 0
-    structured_errors: int = 0
-    internal_errors: int = 0
-    unstructured: int = 0  # a reply that is not a valid Reply
-    unanswered: int = 0
-    codes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.unanswered == 0 and self.unstructured == 0 and self.internal_errors == 0
 
 
 @dataclass
@@ -70,10 +52,7 @@ def run(
 ) -> ProtocolFuzzReport:
     """Send ``frames`` hostile messages to a fresh daemon; stop by itself."""
     rng = random.Random(seed)
-    names = [name for name, _, _ in FRAME_ATTACKS]
-    weights = [w for _, _, w in FRAME_ATTACKS]
-    generators = {name: gen for name, gen, _ in FRAME_ATTACKS}
-    results = {name: ClassResult(name) for name in names}
+    mix = AttackMix(FRAME_ATTACKS)
     with FuzzDaemon() as daemon:
         targets = Targets(daemon.workspace, daemon.elsewhere)
         before = daemon.counters()
@@ -88,13 +67,12 @@ def run(
         crashed = False
         try:
             while sent < frames and not crashed:
-                name = rng.choices(names, weights)[0]
-                result = results[name]
+                attack, result = mix.pick(rng)
                 batch = min(WINDOW, frames - sent)
                 for _ in range(batch):
-                    sock.send_multipart(generators[name](rng, targets))
+                    sock.send_multipart(attack(rng, targets))
                 result.sent += batch
-                _collect(sock, batch, result)
+                collect(_receiver(sock), _classify, batch, result, REPLY_TIMEOUT_S)
                 before_sample = sent
                 sent += batch
                 if sent // sample_every != before_sample // sample_every or sent == frames:
@@ -110,7 +88,7 @@ def run(
         duration = time.perf_counter() - started
         crashes = int(crashed or not daemon.alive()) + daemon.logged_exceptions()
         after = daemon.counters() if not crashed else before
-    classes = [results[n] for n in names if results[n].sent]
+    classes = mix.classes()
     return ProtocolFuzzReport(
         frames_sent=sent,
         replies=sum(c.replies for c in classes),
@@ -128,19 +106,13 @@ def run(
     )
 
 
-def _collect(sock: zmq.Socket[bytes], expected: int, result: ClassResult) -> None:
-    """Read the replies to the ``expected`` messages just sent."""
-    got = 0
-    deadline = time.monotonic() + REPLY_TIMEOUT_S
-    while got < expected:
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0 or not sock.poll(remaining_ms):
-            break
-        frames = sock.recv_multipart()
-        got += 1
-        _classify(frames[-1], result)
-    result.replies += got
-    result.unanswered += expected - got
+def _receiver(sock: zmq.Socket[bytes]) -> Callable[[float], bytes | None]:
+    def receive(wait_s: float) -> bytes | None:
+        if wait_s <= 0 or not sock.poll(int(wait_s * 1000)):
+            return None
+        return sock.recv_multipart()[-1]
+
+    return receive
 
 
 def _classify(payload: bytes, result: ClassResult) -> None:
@@ -155,9 +127,4 @@ def _classify(payload: bytes, result: ClassResult) -> None:
     if reply.error is None:
         result.unstructured += 1
         return
-    code = reply.error.code.value
-    result.codes[code] = result.codes.get(code, 0) + 1
-    if reply.error.code is ErrorCode.INTERNAL_ERROR:
-        result.internal_errors += 1
-    else:
-        result.structured_errors += 1
+    result.error(reply.error.code.value, internal=reply.error.code is ErrorCode.INTERNAL_ERROR)

@@ -5,6 +5,8 @@
 - ``trainer_events``: the events a trainer writes to stderr, with their fields;
 - ``run_ids``: what a run id looks like, and how a fresh one is made;
 - ``timestamps``: the one timestamp format of every contract file;
+- ``params``: the bundled runner's presets, model families, profiles and ``--param``
+  table (the runner trains with it, the daemon checks a request against it);
 - ``sample_data``: the bundled sample datasets (``runforgectl sample-data`` and the
   runner's ``sample-data`` command write them).
 

@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace, cancel_signal: CancelSignal) -> int:
     for variable in BLAS_THREAD_VARIABLES:
         # Read when numpy is first imported, which happens after the dataset is loaded.
         os.environ.setdefault(variable, "1")
-    from runforge_runner.train import TrainRequest, train_run
+    from runforge_runner.train_run import TrainRequest, train_run
 
     try:
         plan = plan_training(args.preset, args.model, args.profile, args.param, args.seed)
@@ -134,8 +134,8 @@ def _train(args: argparse.Namespace, cancel_signal: CancelSignal) -> int:
     )
     code = session.run(lambda active: train_run(active, request))
     # Looked up, not imported: a cancel before training must not import scikit-learn.
-    training = sys.modules.get("runforge_runner.training")
-    if code == EXIT_CANCELLED and training is not None and training.fit_thread_running():
+    fitting = sys.modules.get("runforge_runner.fitting")
+    if code == EXIT_CANCELLED and fitting is not None and fitting.fit_thread_running():
         # Cancelled while scikit-learn was inside a solver or a tree that cannot be
         # interrupted: everything is flushed and recorded, so leave now rather than wait
         # for it (or tear down the interpreter under its feet).

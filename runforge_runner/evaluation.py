@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import Pipeline
 
-from runforge_runner.training import Split
+from runforge_runner.fitting import Split
 
 PROFILE_BASE = "classification.base.v1"
 PROFILE_PROBA = "classification.proba.v1"

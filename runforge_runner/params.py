@@ -1,4 +1,5 @@
-"""Presets, profiles and ``--param`` overrides: from the command line to hyperparameters.
+"""Presets, profiles and ``--param`` overrides: from the command line to hyperparameters
+(the table of names and parsers is ``runforge_contract.params``, shared with the daemon).
 
 Resolution, lowest to highest: the preset's values for the model family
 (``model_default``), the profile's adjustment (``profile``), then each ``--param NAME=VALUE``
@@ -9,100 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runforge_contract.params import (
+    DEFAULT_MODEL_FAMILY,
+    MODEL_FAMILIES,
+    PARAM_SPECS,
+    PRESETS,
+    PROFILES,
+    InvalidParam,
+    ParamSpec,
+    ParamValue,
+)
 from runforge_runner.contract import ERROR_INVALID_ARGUMENTS, EXIT_USAGE, TrainerError
 
-PRESETS = ("std-train", "hq-train")
-MODEL_FAMILIES = ("logistic_regression", "random_forest", "linear_svc")
-DEFAULT_MODEL_FAMILY = "logistic_regression"
-PROFILES = ("default", "fast", "thorough")
+__all__ = [
+    "DEFAULT_MODEL_FAMILY",
+    "MODEL_FAMILIES",
+    "PARAM_SPECS",
+    "PRESETS",
+    "PROFILES",
+    "PROFILE_VERSION",
+    "ParamSpec",
+    "ParamValue",
+    "ParameterError",
+    "TrainingPlan",
+    "plan_training",
+]
+
 PROFILE_VERSION = "1.0"
 DEFAULT_SEED = 42
-
-ParamValue = int | float | str | None
 
 
 class ParameterError(TrainerError):
     def __init__(self, message: str) -> None:
         super().__init__(ERROR_INVALID_ARGUMENTS, message, EXIT_USAGE)
 
-
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ParameterError(
-            f"--param {name}={raw!r}: expected a number, e.g. {name}=0.5"
-        ) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ParameterError(f"--param {name}={raw!r}: must be a number greater than 0")
-    return value
-
-
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ParameterError(
-            f"--param {name}={raw!r}: expected a whole number, e.g. {name}=100"
-        ) from None
-    if value < 1:
-        raise ParameterError(f"--param {name}={raw!r}: must be at least 1")
-    return value
-
-
-def _depth(name: str, raw: str) -> int | None:
-    if raw.strip().lower() == "none":
-        return None
-    return _positive_int(name, raw)
-
-
-def _max_features(name: str, raw: str) -> float | str:
-    if raw in ("sqrt", "log2"):
-        return raw
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ParameterError(
-            f"--param {name}={raw!r}: expected sqrt, log2 or a fraction in (0, 1]"
-        ) from None
-    if not 0 < value <= 1:
-        raise ParameterError(f"--param {name}={raw!r}: a fraction must be in (0, 1]")
-    return value
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One tunable hyperparameter: how to parse it and what it means."""
-
-    parse: Callable[[str, str], ParamValue]
-    meaning: str
-    scales_with_profile: bool = False
-
-
-PARAM_SPECS: dict[str, dict[str, ParamSpec]] = {
-    "logistic_regression": {
-        "C": ParamSpec(_positive_float, "inverse regularization strength"),
-        "max_iter": ParamSpec(_positive_int, "most L-BFGS iterations (stops once converged)", True),
-        "tol": ParamSpec(_positive_float, "convergence tolerance (scikit-learn's tol)"),
-    },
-    "random_forest": {
-        "n_estimators": ParamSpec(_positive_int, "number of trees", True),
-        "max_depth": ParamSpec(_depth, "maximum tree depth (none = unlimited)"),
-        "min_samples_leaf": ParamSpec(_positive_int, "minimum samples in a leaf"),
-        "max_features": ParamSpec(_max_features, "features tried per split"),
-    },
-    "linear_svc": {
-        "C": ParamSpec(_positive_float, "inverse regularization strength"),
-        "max_iter": ParamSpec(
-            _positive_int, "most liblinear iterations (stops once converged)", True
-        ),
-        "tol": ParamSpec(_positive_float, "convergence tolerance (scikit-learn's tol)"),
-    },
-}
 
 # What each preset trains with before any profile or --param. Iterative fits stop when
 # converged by ``tol`` (scikit-learn's default 1e-4; hq-train asks for a tighter fit), so
@@ -202,7 +146,10 @@ def parse_param_overrides(model_family: str, raw_params: Sequence[str]) -> dict[
             )
         if name in overrides:
             raise ParameterError(f"--param {name} is given twice; give it once")
-        overrides[name] = spec.parse(name, value.strip())
+        try:
+            overrides[name] = spec.parse(name, value.strip())
+        except InvalidParam as exc:
+            raise ParameterError(str(exc)) from None
     return overrides
 
 

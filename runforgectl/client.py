@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,12 @@ import msgspec
 import zmq
 
 from runforge_protocol import messages as m
-from runforge_protocol.discovery import Endpoints
+from runforge_protocol.discovery import (
+    Endpoints,
+    RuntimeDirError,
+    RuntimeDirMissing,
+    check_runtime_dir,
+)
 
 
 class DaemonUnavailable(Exception):
@@ -66,36 +70,14 @@ class Client:
         )
 
     def check_runtime_dir(self) -> None:
-        """The daemon's own rule, checked before connecting: the runtime directory must be
-        a directory owned by this user and closed to everyone else, or the socket in it may
-        be someone else's daemon (TRUST_MODEL.md). Raises :class:`DaemonUnavailable`."""
-        path = self.endpoints.runtime_dir
+        """The daemon's own rule (``discovery.check_runtime_dir``), checked before
+        connecting, then the socket itself. Raises :class:`DaemonUnavailable`."""
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+            check_runtime_dir(self.endpoints.runtime_dir, refusing_to="connect")
+        except RuntimeDirMissing:
             raise DaemonUnavailable(self.not_running_message()) from None
-        except PermissionError:
-            raise DaemonUnavailable(
-                f"permission denied on the runtime directory {path} (another user's?); "
-                f"use your own with --runtime-dir or RUNFORGE_RUNTIME_DIR"
-            ) from None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise DaemonUnavailable(
-                f"the runtime directory {path} is not a directory (or is a symlink); "
-                f"refusing to connect"
-            )
-        if st.st_uid != os.getuid():
-            raise DaemonUnavailable(
-                f"the runtime directory {path} belongs to uid {st.st_uid}, not to you (uid "
-                f"{os.getuid()}); refusing to talk to a daemon there. Use your own with "
-                f"--runtime-dir or RUNFORGE_RUNTIME_DIR"
-            )
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise DaemonUnavailable(
-                f"the runtime directory {path} has mode {mode:04o}: others could have put "
-                f"the socket there; refusing to connect. Fix it with: chmod 700 {path}"
-            )
+        except RuntimeDirError as exc:
+            raise DaemonUnavailable(str(exc)) from None
         control = self.endpoints.control_path
         if not control.exists():
             raise DaemonUnavailable(self.not_running_message())

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from runforge_protocol.discovery import RUNTIME_DIR_ENV, Endpoints
-from runforged.runtime import RuntimeDirError, prepare_runtime_dir
+from runforge_protocol.discovery import RUNTIME_DIR_ENV, Endpoints, RuntimeDirError
+from runforged.runtime import prepare_runtime_dir
 
 # A detached daemon reports readiness (or why it could not start) on this inherited pipe.
 READY_FD_ENV = "RUNFORGED_READY_FD"

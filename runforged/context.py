@@ -11,20 +11,19 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-import msgspec
 import structlog
 
+from runforge_contract.params import PARAM_SPECS, InvalidParam
 from runforge_contract.timestamps import utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import ErrorInfo, OrphanInfo, Train, WorkspaceStatus
-from runforge_protocol.records import RequestRecord
 from runforged import beneath, paths, run_folder
+from runforged.disk_formats import RequestRecord
 from runforged.durable_state import state_dir
 from runforged.errors import RunforgeError
 from runforged.executor import Executor, LocalExecutor
 from runforged.index_writer import IndexWriters
 from runforged.monitor_executor import MonitorExecutor
-from runforged.probes import InterpreterProbes, choose_device
 from runforged.ray_executor import RayExecutor, RayPlacement, job_environment, ray_device
 from runforged.reconciliation import reconcile
 from runforged.server import Daemon
@@ -41,6 +40,7 @@ from runforged.settings import (
 from runforged.supervisor import LiveRun, RunSupervisor
 from runforged.trainer_env import TrainerPath, child_environment
 from runforged.trust import TrustedWorkspace, TrustStore, trust_store_path
+from runforged.workspace_python import InterpreterProbes, choose_device
 
 log = structlog.get_logger("runforged.context")
 
@@ -92,7 +92,8 @@ def check_train_request(request: Train) -> None:
 def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
     """Every ``--param`` before anything is created: names always; with the bundled runner
     also each name against the model family's hyperparameters and each value against its
-    parser (the runner's own table), so a bad value never costs a run folder."""
+    parser (``runforge_contract.params``, the runner's own table), so a bad value never
+    costs a run folder."""
     for name in params:
         if not PARAM_NAME.match(name):
             raise RunforgeError(
@@ -103,9 +104,6 @@ def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
             )
     if settings.ml_runner_module != BUNDLED_RUNNER:
         return  # a custom runner has its own parameters and checks them itself
-    from runforge_runner.contract import TrainerError
-    from runforge_runner.params import PARAM_SPECS
-
     specs = PARAM_SPECS.get(settings.model_family, {})
     for name, raw in params.items():
         spec = specs.get(name)
@@ -119,7 +117,7 @@ def check_params(settings: ResolvedSettings, params: dict[str, str]) -> None:
             )
         try:
             spec.parse(name, raw)
-        except TrainerError as exc:
+        except InvalidParam as exc:
             raise RunforgeError(
                 ErrorCode.BAD_REQUEST,
                 str(exc),
@@ -210,7 +208,7 @@ class DaemonContext:
         )
         try:
             settings = await self.read_settings(workspace)
-            status.settings = msgspec.to_builtins(settings)
+            status.settings = settings
             trusted = self.trust.require(str(workspace))
         except RunforgeError as exc:
             status.problems.append(_info(exc))
@@ -221,12 +219,10 @@ class DaemonContext:
             interpreter = await self.probes.check_interpreter(
                 trusted, settings.python_path, env=env
             )
-            status.interpreter = msgspec.to_builtins(interpreter)
+            status.interpreter = interpreter
             gpu = await self.probes.probe_gpu(trusted, settings.python_path, env=env)
-            status.gpu = msgspec.to_builtins(gpu)
-            status.device = msgspec.to_builtins(
-                choose_device(settings.device, settings.preset, gpu)
-            )
+            status.gpu = gpu
+            status.device = choose_device(settings.device, settings.preset, gpu)
         except RunforgeError as exc:
             status.problems.append(_info(exc))
         return status

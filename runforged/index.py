@@ -38,8 +38,8 @@ import structlog
 
 from runforge_contract.timestamps import sort_timestamp
 from runforge_protocol.errors import ErrorCode
-from runforge_protocol.records import IndexEntry, IndexFile
 from runforged import beneath
+from runforged.disk_formats import IndexEntry, IndexFile
 from runforged.errors import RunforgeError
 from runforged.paths import INDEX_FILE
 

@@ -44,13 +44,8 @@ from collections.abc import Container
 from pathlib import Path
 
 from runforge_contract.timestamps import parse_timestamp
-from runforge_protocol.records import (
-    IndexEntry,
-    IndexSummary,
-    RecoverySkipError,
-    RequestRecord,
-    ResultRecord,
-)
+from runforge_protocol.records import RecoverySkipError, ResultRecord
+from runforged.disk_formats import IndexEntry, IndexSummary, RequestRecord
 from runforged.outcome import index_status
 from runforged.run_folder import (
     CANCELLED_MARKER,

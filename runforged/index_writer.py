@@ -37,13 +37,8 @@ import structlog
 from runforge_contract.layout import OUTPUTS_DIR
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import OrphanInfo
-from runforge_protocol.records import (
-    IndexEntry,
-    IndexErrorInfo,
-    IndexStatus,
-    RecoveryReport,
-    ResultRecord,
-)
+from runforge_protocol.records import IndexErrorInfo, IndexStatus, RecoveryReport, ResultRecord
+from runforged.disk_formats import IndexEntry
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.index_entry import build_index_entry

@@ -16,42 +16,15 @@ import msgspec
 import structlog
 
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.payloads import ArtifactInspection, DatasetInspection
 from runforged.errors import RunforgeError
 from runforged.paths import resolve_inside
-from runforged.probes import interpreter_not_found, locate_interpreter, run_in_workspace
 from runforged.trust import TrustedWorkspace
+from runforged.workspace_python import interpreter_not_found, locate_interpreter, run_in_workspace
 
 log = structlog.get_logger(__name__)
 
 INSPECT_TIMEOUT_S = 60.0
-
-
-class DatasetInspection(msgspec.Struct, kw_only=True):
-    """``inspect --dataset`` output (RunForge inspect schema v0.2.2.1)."""
-
-    dataset_path: str
-    fingerprint_sha256: str
-    columns: list[str]
-    num_rows: int
-    label_column: str
-    num_features_excluding_label: int
-    label_present: bool
-
-
-class PipelineStep(msgspec.Struct, kw_only=True):
-    name: str
-    type: str
-    module: str
-
-
-class ArtifactInspection(msgspec.Struct, kw_only=True):
-    """``inspect-artifact`` output (RunForge pipeline inspect schema v0.2.2.2)."""
-
-    schema_version: str
-    artifact_path: str
-    pipeline_steps: list[PipelineStep]
-    has_preprocessing: bool
-    step_count: int
 
 
 _Inspection = TypeVar("_Inspection", DatasetInspection, ArtifactInspection)

@@ -10,6 +10,12 @@ record folder. The daemon connects to it over a Unix socket (``attach``), receiv
 events from the ``run_seq`` it names on, and can ask it to cancel; it may come and go
 any number of times while the run goes on.
 
+In the run folder it appends to ``events.jsonl`` and ``logs.txt`` and re-reads
+``events.jsonl`` for a daemon that attaches late: the names are
+``runforge_contract.layout``'s and a line's ``run_seq`` is read by
+``runforge_contract.event_log`` (as ``runforged.run_folder`` reads it), so the monitor
+and the daemon share one definition of each.
+
 Standard library only, with no daemon code, so that it is small (RSS and start-up are in
 BENCHMARKS.md) and runs as ``python -I -S runforged/monitor.py RECORD_DIR`` under the
 daemon's interpreter, never the user's. The daemon imports this module for the record
@@ -58,6 +64,8 @@ if __name__ == "__main__":
     # site-packages); appended, so it can never shadow the standard library.
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from runforge_contract.event_log import run_seq_of
+from runforge_contract.layout import EVENTS_FILE, LOGS_FILE
 from runforge_contract.trainer_events import INT_TYPE, MAX_EVENT_LINE, RELAYED_FIELDS, RUN_START
 from runforge_protocol.events import (
     CANCEL_COUNTDOWN,
@@ -74,9 +82,6 @@ MONITOR_RECORD = "monitor.json"
 SOCKET = "monitor.sock"
 EXIT_RECORD = "exit.json"
 MONITOR_LOG = "monitor.log"
-
-EVENTS_FILE = "events.jsonl"
-LOGS_FILE = "logs.txt"
 
 READ_CHUNK = 1 << 16
 MAX_LINE = 1 << 20  # a longer stdout/stderr line is cut here
@@ -883,7 +888,7 @@ class Monitor:
                 for line in handle:
                     if not line.endswith(b"\n"):
                         break
-                    seq = _run_seq_of(line)
+                    seq = run_seq_of(line)
                     if seq is None or seq <= client.sent_seq:
                         continue
                     client.outbox += line
@@ -968,34 +973,6 @@ class Monitor:
             self._drop(client)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.record_dir, SOCKET))
-
-
-def _run_seq_of(line: bytes) -> int | None:
-    """The run_seq of one of our own event lines (``{"seq":0,"run_seq":N,...``)."""
-    start = line.find(b'"run_seq":')
-    if start < 0:
-        return None
-    start += len(b'"run_seq":')
-    end = line.find(b",", start)
-    try:
-        return int(line[start:end])
-    except ValueError:
-        return None
-
-
-def last_run_seq(events_path: str) -> int:
-    """The highest run_seq in a run's events.jsonl (0 if none), torn last line ignored."""
-    last = 0
-    try:
-        with open(events_path, "rb") as handle:
-            for line in handle:
-                if line.endswith(b"\n"):
-                    seq = _run_seq_of(line)
-                    if seq is not None and seq > last:
-                        last = seq
-    except OSError:
-        pass
-    return last
 
 
 _libc: Any = None

@@ -32,12 +32,14 @@ from runforged.run_folder import (
     RESULT_FILE,
     RUN_FILE,
     RUNS_DIR,
+    LazyRunFolder,
     RunFolderError,
-    list_files,
+    classify_lazily,
+    decode_result,
+    decode_run_json,
     list_run_folders,
+    open_runs_folder,
     read_index_orphan_error,
-    read_result,
-    read_run_json,
     relative_run_dir,
 )
 
@@ -73,25 +75,35 @@ class OrphanTracker:
         with self._lock:
             self._relist_if_changed()
             found: list[tuple[float, str, OrphanInfo]] = []
-            for name in self._names:
-                if name in in_flight:
-                    continue
-                if name not in self._known:
-                    self._known[name] = self._classify(name)
-                candidate = self._known[name]
-                if candidate is None:
-                    continue
-                rel_dir = relative_run_dir(name)
-                if candidate.run_id in self.index or self.index.lists_run_dir(rel_dir):
-                    self._known[name] = _NOT_AN_ORPHAN  # the index never forgets a run
-                    continue
-                info = OrphanInfo(
-                    run_id=candidate.run_id,
-                    run_dir=rel_dir,
-                    created_at=candidate.created_at,
-                    error=candidate.error,
-                )
-                found.append((sort_timestamp(candidate.created_at), name, info))
+            runs_fd: int | None = None  # opened once a folder must be read
+            try:
+                for name in self._names:
+                    if name in in_flight:
+                        continue
+                    if name not in self._known:
+                        if runs_fd is None:
+                            try:
+                                runs_fd = open_runs_folder(str(self.runs_dir))
+                            except OSError:
+                                break  # gone or unreadable: no orphan can be read now
+                        self._known[name] = self._classify(runs_fd, name)
+                    candidate = self._known[name]
+                    if candidate is None:
+                        continue
+                    rel_dir = relative_run_dir(name)
+                    if candidate.run_id in self.index or self.index.lists_run_dir(rel_dir):
+                        self._known[name] = _NOT_AN_ORPHAN  # the index never forgets a run
+                        continue
+                    info = OrphanInfo(
+                        run_id=candidate.run_id,
+                        run_dir=rel_dir,
+                        created_at=candidate.created_at,
+                        error=candidate.error,
+                    )
+                    found.append((sort_timestamp(candidate.created_at), name, info))
+            finally:
+                if runs_fd is not None:
+                    os.close(runs_fd)
         found.sort(key=lambda f: (f[0], f[1]), reverse=True)
         return [info for _, _, info in found]
 
@@ -120,70 +132,48 @@ class OrphanTracker:
         for gone in [name for name in self._known if name not in present]:
             del self._known[gone]
 
-    def _classify(self, name: str) -> _Candidate | None:
+    def _classify(self, runs_fd: int, name: str) -> _Candidate | None:
         if self.index.lists_run_dir(relative_run_dir(name)):
             return _NOT_AN_ORPHAN
         self.folders_read += 1
-        folder = f"{self.runs_dir}/{name}"
+        folder = LazyRunFolder(
+            runs_fd,
+            str(self.runs_dir),
+            name,
+            assumed=_COMPLETE_RUN_FILES,
+            checked=_CHECKED_FILES,
+        )
         try:
-            return _candidate(folder, _CompleteRun(folder))
-        except _ListingNeeded:
-            pass
-        try:
-            files = list_files(Path(folder))
-        except RunFolderError:
+            return classify_lazily(folder, _candidate)
+        except OSError:
             return _NOT_AN_ORPHAN
-        return _candidate(folder, files)
 
 
-class _ListingNeeded(Exception):
-    """The folder is not a complete run as the daemon leaves it: look at it from a listing."""
+# A complete run as the daemon leaves it, for the first look (no listing). The marker is
+# looked up (one lstat, a dangling link counts, as in a listing).
+_COMPLETE_RUN_FILES = frozenset({RUN_FILE, RESULT_FILE})
+_CHECKED_FILES = frozenset({INDEX_ORPHAN_MARKER})
 
 
-class _CompleteRun:
-    """The files of a folder taken for a complete run (``run.json``, ``result.json``), so
-    that it is read without being listed (a listing is five system calls). A question
-    this cannot answer raises ``_ListingNeeded``."""
-
-    __slots__ = ("folder",)
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-
-    def __contains__(self, file: object) -> bool:
-        if file in (RUN_FILE, RESULT_FILE):
-            return True
-        if file == INDEX_ORPHAN_MARKER:
-            # A listing names a marker even when it is a dangling link: so does this.
-            return os.access(f"{self.folder}/{file}", os.F_OK, follow_symlinks=False)
-        raise _ListingNeeded
-
-
-def _candidate(folder: str, files: Container[str]) -> _Candidate | None:
-    """What ``folder``, holding ``files``, says about its run."""
+def _candidate(folder: LazyRunFolder) -> _Candidate | None:
+    """What ``folder`` says about its run. Raises ListingNeeded (through ``folder``)
+    when taken for a complete run it cannot answer."""
     try:
-        if RUN_FILE not in files:
+        if RUN_FILE not in folder:
             return _NOT_AN_ORPHAN
         result = None
-        if RESULT_FILE in files:
+        if RESULT_FILE in folder:
+            data = folder.read(RESULT_FILE)
             try:
-                result = read_result(f"{folder}/{RESULT_FILE}")
-            except RunFolderError as exc:
-                if isinstance(exc.__cause__, OSError):
-                    raise exc.__cause__ from None
+                result = decode_result(data)
+            except RunFolderError:
                 result = None  # recovery reports it; the run.json still makes it an orphan
-        if was_cancelled(result, lambda: CANCELLED_MARKER in files):
+        if was_cancelled(result, lambda: CANCELLED_MARKER in folder):
             return _NOT_AN_ORPHAN
-        identity, _mtime = read_run_json(f"{folder}/{RUN_FILE}")
-    except OSError as exc:
-        if isinstance(files, _CompleteRun):
-            raise _ListingNeeded from exc
+        identity = decode_run_json(folder.read(RUN_FILE))
+    except RunFolderError:
+        # No run.json the index could take, or a file of a listed folder that cannot be
+        # read (recovery lists the folder as skipped, with the same reason): not an orphan.
         return _NOT_AN_ORPHAN
-    except RunFolderError as exc:
-        if isinstance(files, _CompleteRun) and isinstance(exc.__cause__, OSError):
-            raise _ListingNeeded from exc
-        # No run.json the index could take (recovery lists the folder as skipped, with
-        # the same reason): not an orphan.
-        return _NOT_AN_ORPHAN
-    error = read_index_orphan_error(Path(folder)) if INDEX_ORPHAN_MARKER in files else None
+    error = read_index_orphan_error(Path(folder.path)) if INDEX_ORPHAN_MARKER in folder else None
     return _Candidate(run_id=identity.run_id, created_at=identity.created_at, error=error)

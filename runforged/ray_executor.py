@@ -38,9 +38,6 @@ from typing import Any
 import msgspec
 import structlog
 
-import runforge_contract
-import runforge_rayjob
-import runforge_runner
 from runforge_contract import layout
 from runforge_contract import trainer_events as te
 from runforge_protocol.errors import ErrorCode
@@ -49,6 +46,7 @@ from runforged import run_folder
 from runforged.errors import RunforgeError
 from runforged.executor import HandleRecord, Stream, TrainerSpec
 from runforged.ray_jobs import JobInfo, JobStatus, RayJobsClient, RayJobsError, package_archive
+from runforged.trainer_env import TRAINER_PACKAGES, package_dir
 from runforged.trainer_events import InvalidEventLine, parse_line
 
 log = structlog.get_logger("runforged.ray_executor")
@@ -129,10 +127,7 @@ def cluster_error(exc: RayJobsError, workspace: str) -> RunforgeError:
 def shipped_packages() -> list[Path]:
     """What a job carries to the cluster: the entrypoint, and the packages a trainer may
     import of ours (all standard library only)."""
-    return [
-        Path(module.__file__ or "").resolve().parent
-        for module in (runforge_rayjob, runforge_runner, runforge_contract)
-    ]
+    return [package_dir(name) for name in ("runforge_rayjob", *TRAINER_PACKAGES)]
 
 
 class OutputFollower:
@@ -275,7 +270,7 @@ class RayTrainerHandle:
             if self._ended.is_set():
                 return
             if self._exit is None:
-                self._exit = run_folder.read_executor_exit(self._run_dir)
+                self._exit = run_folder.read_executor_document(self._run_dir, layout.EXIT_FILE)
                 if self._exit is not None:
                     continue  # one more read: the stream is complete before exit.json
             if self._exit is not None:
@@ -545,7 +540,7 @@ class RayExecutor:
             events=run_folder.count_events(run_dir, _RELAYED_TYPES),
             log_lines=run_folder.count_log_lines(run_dir),
         )
-        control = run_folder.read_executor_control(run_dir)
+        control = run_folder.read_executor_document(run_dir, layout.CONTROL_FILE)
         if control is not None:
             handle._control = control  # a cancel asked before the restart, and its deadline
         return handle

@@ -42,7 +42,6 @@ import structlog
 
 from runforge_contract.timestamps import sort_timestamp, utc_now
 from runforge_protocol.records import (
-    IndexEntry,
     RecoveryItem,
     RecoveryReason,
     RecoveryReport,
@@ -50,6 +49,7 @@ from runforge_protocol.records import (
     RecoverySkipError,
     ResultRecord,
 )
+from runforged.disk_formats import IndexEntry
 from runforged.index import RunIndex
 from runforged.index_entry import cancelled_run_id, entry_from_files, needs_run_json_mtime
 from runforged.outcome import was_cancelled
@@ -60,18 +60,16 @@ from runforged.run_folder import (
     RESULT_FILE,
     RUN_FILE,
     RUNS_DIR,
+    LazyRunFolder,
     RunFolderError,
+    classify_lazily,
     decode_request,
     decode_result,
     decode_run_json,
     delete_index_orphan_marker,
-    file_error,
     has_index_orphan_marker,
     list_run_folders,
-    open_run_folder,
     open_runs_folder,
-    read_file,
-    read_file_with_mtime,
     reason,
     relative_run_dir,
     unreadable_runs_folder,
@@ -200,73 +198,21 @@ def _scan(index: RunIndex, in_flight: Container[str], runs_dir: str, runs_fd: in
 _Outcome = IndexEntry | RecoverySkip | RecoveryItem | None
 
 
-class _ListingNeeded(Exception):
-    """The folder is not a complete run as the daemon leaves it: classify it from a listing."""
-
-
-class _RunFolder:
-    """A folder of ``.ml/runs`` as the classification sees it: ``in`` says which files it
-    holds, ``read`` reads one (relative to the open runs folder: fewer path lookups).
-
-    Without a ``listing`` the folder is taken for a complete run (``_COMPLETE_RUN_FILES``),
-    and whatever does not fit raises ``_ListingNeeded``. With one, a file that cannot be
-    read raises the RunFolderError that says so.
-    """
-
-    __slots__ = ("listing", "name", "path", "runs_fd")
-
-    def __init__(self, runs_fd: int, runs_dir: str, name: str, listing: set[str] | None) -> None:
-        self.runs_fd = runs_fd
-        self.path = f"{runs_dir}/{name}"
-        self.name = name
-        self.listing = listing
-
-    def __contains__(self, file: object) -> bool:
-        if self.listing is not None:
-            return file in self.listing
-        if file in _COMPLETE_RUN_FILES:
-            return True
-        raise _ListingNeeded
-
-    def read(self, file: str) -> bytes:
-        try:
-            return read_file(f"{self.name}/{file}", dir_fd=self.runs_fd)
-        except OSError as exc:
-            raise self._unreadable(file, exc) from exc
-
-    def read_with_mtime(self, file: str) -> tuple[bytes, int]:
-        try:
-            return read_file_with_mtime(f"{self.name}/{file}", dir_fd=self.runs_fd)
-        except OSError as exc:
-            raise self._unreadable(file, exc) from exc
-
-    def _unreadable(self, file: str, exc: OSError) -> Exception:
-        return _ListingNeeded() if self.listing is None else file_error(file, exc)
-
-
 def _classify_folder(
     runs_fd: int, runs_dir: str, name: str, index: RunIndex, candidate_ids: dict[str, str]
 ) -> _Outcome:
+    folder = LazyRunFolder(runs_fd, runs_dir, name, assumed=_COMPLETE_RUN_FILES)
     try:
-        return _classify(_RunFolder(runs_fd, runs_dir, name, None), index, candidate_ids)
-    except _ListingNeeded:
-        pass
-    try:
-        fd = open_run_folder(name, runs_fd=runs_fd)
-        try:
-            listing = set(os.listdir(fd))
-        finally:
-            os.close(fd)
+        return classify_lazily(folder, lambda files: _classify(files, index, candidate_ids))
     except OSError as exc:
         return RecoverySkip(
             run_dir=relative_run_dir(name),
             error=RecoverySkipError.READ_ERROR,
             message=f"run folder could not be read: {reason(exc)}",
         )
-    return _classify(_RunFolder(runs_fd, runs_dir, name, listing), index, candidate_ids)
 
 
-def _classify(folder: _RunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
+def _classify(folder: LazyRunFolder, index: RunIndex, candidate_ids: dict[str, str]) -> _Outcome:
     rel_dir = relative_run_dir(folder.name)
     try:
         result = decode_result(folder.read(RESULT_FILE)) if RESULT_FILE in folder else None

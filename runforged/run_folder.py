@@ -21,10 +21,14 @@ file              reader                                                      wh
 ``logs.txt``      ``count_log_lines`` (a torn last line is not counted)       0
 ``.executor/``    a cluster run's exchange with its entrypoint (``spec.json``,  None (absent)
                   ``control.json`` written here; ``output`` followed through
-                  ``open_executor_stream``; ``exit.json`` by
-                  ``read_executor_exit``)
+                  ``open_executor_stream``; ``exit.json``, ``control.json``
+                  read by ``read_executor_document``)
 documents         ``read_document``: any JSON (show, metrics, ...)             RunforgeError
 ================  ==========================================================  ===========
+
+A folder of ``.ml/runs`` that recovery or the orphan tracker classifies is looked at
+through ``LazyRunFolder`` (``classify_lazily``): taken for a complete run first, listed
+only when that cannot answer.
 
 The ``read_*`` functions raise (recovery and the index say why a folder is skipped);
 ``load_*`` return None (the live path and the observability reads carry on without).
@@ -46,19 +50,18 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from runforge_contract import layout
+from runforge_contract.event_log import run_seq_of
 from runforge_contract.layout import (
     CANCELLED_MARKER,
-    CONTROL_FILE,
     EVENTS_FILE,
     EXECUTOR_DIR,
-    EXIT_FILE,
     INDEX_FILE,
     INDEX_ORPHAN_MARKER,
     LOGS_FILE,
@@ -74,14 +77,9 @@ from runforge_contract.run_ids import MARKER_RUN_ID_PATTERN, is_valid_run_id
 from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Event
-from runforge_protocol.records import (
-    IndexErrorInfo,
-    IndexOrphanMarker,
-    RecoverySkipError,
-    RequestRecord,
-    ResultRecord,
-)
+from runforge_protocol.records import IndexErrorInfo, RecoverySkipError, ResultRecord
 from runforged import beneath
+from runforged.disk_formats import IndexOrphanMarker, RequestRecord
 from runforged.errors import RunforgeError
 
 __all__ = [
@@ -99,6 +97,7 @@ __all__ = [
 ]
 
 _json = msgspec.json.Encoder()
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- opening
 
@@ -239,6 +238,93 @@ def open_runs_folder(runs_dir: str) -> int:
 def open_run_folder(name: str, *, runs_fd: int) -> int:
     """A descriptor of run folder ``name`` of the open runs folder; raises OSError."""
     return beneath.open_dir(runs_fd, name)
+
+
+class ListingNeeded(Exception):
+    """A question a folder taken for a complete run cannot answer: list it, ask again."""
+
+
+class LazyRunFolder:
+    """Which files a folder of an open ``.ml/runs`` holds, and their bytes, for the
+    classifications that may face 10^5 folders (recovery, orphans).
+
+    Without a listing the folder is taken for a complete run as the daemon leaves it
+    (``assumed`` files are there: a listing is five system calls); a ``checked`` file is
+    looked up with one ``lstat`` (a dangling link counts, as in a listing). Any other
+    question, or a file that cannot be read, raises ``ListingNeeded``: the caller asks
+    again of ``listed()``. With a listing, a file that cannot be read raises the
+    RunFolderError that says so. ``classify_lazily`` does both steps.
+    """
+
+    __slots__ = ("assumed", "checked", "listing", "name", "path", "runs_fd")
+
+    def __init__(
+        self,
+        runs_fd: int,
+        runs_dir: str,
+        name: str,
+        *,
+        assumed: frozenset[str],
+        checked: frozenset[str] = frozenset(),
+        listing: set[str] | None = None,
+    ) -> None:
+        self.runs_fd = runs_fd
+        self.path = f"{runs_dir}/{name}"
+        self.name = name
+        self.assumed = assumed
+        self.checked = checked
+        self.listing = listing
+
+    def __contains__(self, file: object) -> bool:
+        if self.listing is not None:
+            return file in self.listing
+        if file in self.assumed:
+            return True
+        if file in self.checked:
+            return os.access(
+                f"{self.name}/{file}", os.F_OK, dir_fd=self.runs_fd, follow_symlinks=False
+            )
+        raise ListingNeeded
+
+    def read(self, file: str) -> bytes:
+        try:
+            return read_file(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def read_with_mtime(self, file: str) -> tuple[bytes, int]:
+        try:
+            return read_file_with_mtime(f"{self.name}/{file}", dir_fd=self.runs_fd)
+        except OSError as exc:
+            raise self._unreadable(file, exc) from exc
+
+    def _unreadable(self, file: str, exc: OSError) -> Exception:
+        return ListingNeeded() if self.listing is None else file_error(file, exc)
+
+    def listed(self) -> LazyRunFolder:
+        """The same folder with its listing; raises OSError when it cannot be listed."""
+        fd = open_run_folder(self.name, runs_fd=self.runs_fd)
+        try:
+            listing = set(os.listdir(fd))
+        finally:
+            os.close(fd)
+        return LazyRunFolder(
+            self.runs_fd,
+            os.path.dirname(self.path),
+            self.name,
+            assumed=frozenset(),
+            listing=listing,
+        )
+
+
+def classify_lazily(folder: LazyRunFolder, classify: Callable[[LazyRunFolder], _T]) -> _T:
+    """``classify(folder)``, taken for a complete run first, then from its listing if that
+    did not answer. Raises OSError when the folder cannot be listed."""
+    try:
+        return classify(folder)
+    except ListingNeeded:
+        pass
+    return classify(folder.listed())
 
 
 def create_runs_folder(workspace: Path) -> int:
@@ -757,18 +843,16 @@ def read_events(run_dir: Path, since: int, limit: int) -> tuple[list[Event], int
 
 
 def last_run_seq(run_dir: Path) -> int:
-    """The highest ``run_seq`` persisted (0 if none or unreadable)."""
-    try:
-        return max(
-            (
-                _event_decoder.decode(line).run_seq
-                for line in _event_lines(run_dir)
-                if line.strip().startswith(b"{") and line.endswith(b"\n")
-            ),
-            default=0,
-        )
-    except (OSError, msgspec.DecodeError, RecursionError):
-        return 0
+    """The highest ``run_seq`` persisted (0 if none or unreadable); read as the monitor
+    reads it (``runforge_contract.event_log.run_seq_of``), torn last line ignored."""
+    last = 0
+    with contextlib.suppress(OSError):
+        for line in _event_lines(run_dir):
+            if line.endswith(b"\n"):
+                seq = run_seq_of(line)
+                if seq is not None and seq > last:
+                    last = seq
+    return last
 
 
 def events_seen(run_dir: Path, kinds: tuple[str, ...]) -> dict[str, bool]:
@@ -891,18 +975,11 @@ def open_executor_stream(run_dir: Path) -> int | None:
         return None
 
 
-def read_executor_exit(run_dir: Path) -> dict[str, Any] | None:
-    """The entrypoint's ``exit.json`` (the trainer's exit status), None while absent or
-    not (yet) a JSON object."""
-    return _executor_document(run_dir, EXIT_FILE)
-
-
-def read_executor_control(run_dir: Path) -> dict[str, Any] | None:
-    """The daemon's ``control.json`` (cancel and kill requests so far), None if absent."""
-    return _executor_document(run_dir, CONTROL_FILE)
-
-
-def _executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+def read_executor_document(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The one reader of ``.executor/``'s JSON documents: the entrypoint's ``exit.json``
+    (the trainer's exit status) or the daemon's ``control.json`` (cancel and kill
+    requests so far). None while absent, not a regular file reached without a symlink,
+    over ``EXECUTOR_DOCUMENT_MAX_BYTES``, or not (yet) a JSON object."""
     data = _open_small_regular_file(run_dir / EXECUTOR_DIR / name, EXECUTOR_DOCUMENT_MAX_BYTES)
     if data is None:
         return None

@@ -21,8 +21,8 @@ import msgspec
 import structlog
 
 from runforge_contract.atomicio import write_bytes_atomic
-from runforge_protocol.records import RequestRecord
 from runforged import monitor
+from runforged.disk_formats import RequestRecord
 
 log = structlog.get_logger("runforged.run_records")
 

@@ -5,50 +5,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 from pathlib import Path
 
-from runforge_protocol.discovery import Endpoints
-
-# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
-MAX_IPC_PATH = 107
-
-
-class RuntimeDirError(Exception):
-    """The runtime directory cannot be used; the message says why and what to do."""
+from runforge_protocol.discovery import Endpoints, RuntimeDirError, check_runtime_dir
 
 
 def prepare_runtime_dir(path: Path) -> None:
-    """Create ``path`` with mode 0700, or check that an existing one is ours and private.
-
-    Refuses a directory owned by someone else or readable/writable by group or others: a
-    socket there would let other users drive this user's daemon.
-    """
+    """Create ``path`` with mode 0700, or check that an existing one is ours and private
+    (the rule is ``runforge_protocol.discovery.check_runtime_dir``, shared with the
+    client). Raises RuntimeDirError."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {path} is not a directory (or is a symlink)")
-    if st.st_uid != os.getuid():
-        raise RuntimeDirError(
-            f"runtime directory {path} is owned by uid {st.st_uid}, not by you (uid "
-            f"{os.getuid()}); refusing to start. Remove it or choose another with "
-            f"--runtime-dir / RUNFORGE_RUNTIME_DIR."
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise RuntimeDirError(
-            f"runtime directory {path} has mode {mode:04o}; it must not be accessible to "
-            f"group or others. Fix it with: chmod 700 {path}"
-        )
-    for endpoint in (path / "control.sock", path / "events.sock"):
-        if len(str(endpoint).encode()) > MAX_IPC_PATH:
-            raise RuntimeDirError(
-                f"runtime directory path is too long for a Unix socket ({endpoint}); "
-                f"choose a shorter one with --runtime-dir"
-            )
+    check_runtime_dir(path, refusing_to="start")
 
 
 class DaemonLock:

@@ -32,7 +32,6 @@ workspace may be hostile); reading is done off the event loop (``Services``).
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import re
@@ -41,12 +40,22 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-import msgspec
+from typing import Any, get_args
 
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import MAX_GRACE_S
+from runforge_protocol.payloads import (
+    DEFAULT_RAY_ADDRESS,
+    Device,
+    Executor,
+    ModelFamily,
+    Preset,
+    Profile,
+    ResolvedSettings,
+    SettingOrigin,
+    SettingSource,
+    SettingsWarning,
+)
 from runforged.errors import RunforgeError
 from runforged.ray_jobs import check_address
 
@@ -259,71 +268,12 @@ def _parse_jsonc_object(text: str) -> tuple[dict[str, Any], dict[str, int]]:
 
 # --- Settings ----------------------------------------------------------------------------
 
-ModelFamily = Literal["logistic_regression", "random_forest", "linear_svc"]
-Profile = Literal["default", "fast", "thorough"]
-Preset = Literal["std-train", "hq-train"]
-Device = Literal["auto", "cpu", "cuda"]
-Executor = Literal["local", "ray"]
-
 USER_CONFIG_FILE = "config.json"
 WORKSPACE_SETTINGS_FILE = Path(".vscode") / "settings.json"
 WORKSPACE_KEY_PREFIX = "runforge."
 WORKSPACE_FOLDER_VARIABLE = "${workspaceFolder}"
-DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"  # a local head's dashboard (Ray's default)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-class SettingSource(str, enum.Enum):
-    DEFAULT = "default"
-    USER = "user"
-    WORKSPACE = "workspace"
-    REQUEST = "request"
-
-
-class SettingOrigin(msgspec.Struct, kw_only=True):
-    """Where an effective value came from; ``file`` and ``line`` for the two files."""
-
-    source: SettingSource
-    file: str | None = None
-    line: int | None = None
-
-
-class SettingsWarning(msgspec.Struct, kw_only=True):
-    """A key that was ignored, and why."""
-
-    key: str
-    message: str
-    file: str | None = None
-    line: int | None = None
-
-
-class ResolvedSettings(msgspec.Struct, kw_only=True, rename="camel"):
-    """The effective settings of one workspace. On the wire the field names are the setting
-    keys (``pythonPath``...), and ``origins`` is keyed by the same names."""
-
-    workspace: str
-    python_path: str
-    ml_runner_module: str
-    dataset_path: str | None
-    label_column: str | None
-    model_family: ModelFamily
-    profile: Profile
-    preset: Preset
-    device: Device
-    cancel_grace_seconds: float
-    max_concurrent_runs: int
-    max_concurrent_runs_global: int
-    executor: Executor = "local"
-    ray_address: str = DEFAULT_RAY_ADDRESS
-    ray_resources: dict[str, float] = {}
-    ray_env_vars: list[str] = []
-    max_log_bytes: int = 64 << 20
-    origins: dict[str, SettingOrigin]
-    warnings: list[SettingsWarning] = []
-    # The files consulted, shown even when absent so users know where to put settings.
-    user_config_file: str = ""
-    workspace_settings_file: str = ""
 
 
 class _InvalidValue(ValueError):

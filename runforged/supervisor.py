@@ -38,9 +38,10 @@ from runforge_contract.timestamps import parse_timestamp, utc_now
 from runforge_protocol import events as ev
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import Counters, Event, RunSummary
-from runforge_protocol.records import IndexStatus, RequestRecord, ResultRecord, RunState
+from runforge_protocol.records import IndexStatus, ResultRecord, RunState
 from runforged import monitor, outcome, run_folder
 from runforged.cancel import CancelController
+from runforged.disk_formats import RequestRecord
 from runforged.durable_state import (
     CancelJournal,
     InflightRecord,

@@ -9,11 +9,21 @@ a foreign interpreter's path they add nothing else of the daemon's.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
 # The packages a trainer may import from the daemon's installation.
 TRAINER_PACKAGES = ("runforge_runner", "runforge_contract")
+
+
+def package_dir(name: str) -> Path:
+    """Where the installed package ``name`` lives, found without importing it (the
+    daemon runs the trainer's packages, it never imports them)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the package {name} is not installed beside runforged")
+    return Path(spec.submodule_search_locations[0]).resolve()
 
 
 class TrainerPath:
@@ -23,17 +33,12 @@ class TrainerPath:
         self.directory = directory
 
     def create(self) -> None:
-        import runforge_contract
-        import runforge_runner
-
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        for module in (runforge_runner, runforge_contract):
-            assert module.__file__ is not None
-            package = Path(module.__file__).resolve().parent
-            link = self.directory / module.__name__
+        for name in TRAINER_PACKAGES:
+            link = self.directory / name
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
-            link.symlink_to(package, target_is_directory=True)
+            link.symlink_to(package_dir(name), target_is_directory=True)
 
     def remove(self) -> None:
         for name in TRAINER_PACKAGES:

@@ -27,6 +27,16 @@ from runforge_contract.atomicio import write_bytes_atomic
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.payloads import (
+    ArtifactInspection,
+    DatasetInspection,
+    DeviceChoice,
+    GpuProbe,
+    InterpreterInfo,
+    ResolvedSettings,
+    SettingOrigin,
+    SettingSource,
+)
 from runforge_protocol.records import (
     IndexErrorInfo,
     IndexStatus,
@@ -84,43 +94,51 @@ def _normalise(node: Any) -> Any:
     return out
 
 
-def _schema_document(root: Any, title: str, description: str) -> dict[str, Any]:
-    (schema,), components = msgspec.json.schema_components([root], ref_template="#/$defs/{name}")
-    schema, components = _normalise(schema), _normalise(components)
-    return {
-        "$schema": JSON_SCHEMA_DIALECT,
-        "$comment": GENERATED_NOTE,
-        "title": title,
-        "description": description,
-        **schema,
-        "$defs": components,
-    }
+# (file, root types, what one message is, description): one JSON Schema file each; the
+# types after the first are the ones a field refers to by name without decoding into
+# them (InspectResult.document).
+_SCHEMA_FILES: list[tuple[str, tuple[Any, ...], str, str]] = [
+    (
+        "requests.schema.json",
+        (m.Request,),
+        "request",
+        "One request frame sent to the daemon's control socket, MessagePack-encoded. "
+        "The `type` field selects the request.",
+    ),
+    (
+        "replies.schema.json",
+        (m.Reply, DatasetInspection, ArtifactInspection),
+        "reply",
+        "The one reply frame to each request. `ok` true: `result` holds the result "
+        "(tagged by `type`) and `error` is null; `ok` false: `error` holds the "
+        "structured error and `result` is null.",
+    ),
+    (
+        "events.schema.json",
+        (m.Event,),
+        "event",
+        "The payload frame of a published event `[topic, payload]`, and one line of a "
+        "run's events.jsonl. `data` depends on `type` (see protocol/PROTOCOL.md).",
+    ),
+]
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema (draft 2020-12) of requests, replies and events."""
-    version = m.PROTOCOL_VERSION
-    return {
-        "requests.schema.json": _schema_document(
-            m.Request,
-            f"RunForge protocol {version}: request",
-            "One request frame sent to the daemon's control socket, MessagePack-encoded. "
-            "The `type` field selects the request.",
-        ),
-        "replies.schema.json": _schema_document(
-            m.Reply,
-            f"RunForge protocol {version}: reply",
-            "The one reply frame to each request. `ok` true: `result` holds the result "
-            "(tagged by `type`) and `error` is null; `ok` false: `error` holds the "
-            "structured error and `result` is null.",
-        ),
-        "events.schema.json": _schema_document(
-            m.Event,
-            f"RunForge protocol {version}: event",
-            "The payload frame of a published event `[topic, payload]`, and one line of a "
-            "run's events.jsonl. `data` depends on `type` (see protocol/PROTOCOL.md).",
-        ),
-    }
+    documents = {}
+    for file, roots, noun, description in _SCHEMA_FILES:
+        (schema, *_), components = msgspec.json.schema_components(
+            roots, ref_template="#/$defs/{name}"
+        )
+        documents[file] = {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "$comment": GENERATED_NOTE,
+            "title": f"RunForge protocol {m.PROTOCOL_VERSION}: {noun}",
+            "description": description,
+            **_normalise(schema),
+            "$defs": _normalise(components),
+        }
+    return documents
 
 
 # --------------------------------------------------------------------------- examples
@@ -228,30 +246,30 @@ def reply_examples() -> list[GoldenExample]:
         created_at="2025-03-01T10:45:00.020Z",
         error="OSError: [Errno 28] No space left on device",
     )
-    settings = {
-        "workspace": WORKSPACE,
-        "pythonPath": f"{WORKSPACE}/.venv/bin/python",
-        "mlRunnerModule": "runforge_runner",
-        "datasetPath": f"{WORKSPACE}/data/iris.csv",
-        "modelFamily": "random_forest",
-        "profile": "default",
-        "preset": "std-train",
-        "device": "auto",
-        "cancelGraceSeconds": 5.0,
-        "maxConcurrentRuns": 1,
-        "maxConcurrentRunsGlobal": 4,
-        "origins": {
-            "pythonPath": {
-                "source": "workspace",
-                "file": f"{WORKSPACE}/.vscode/settings.json",
-                "line": 2,
-            },
-            "modelFamily": {"source": "default", "file": None, "line": None},
+    settings = ResolvedSettings(
+        workspace=WORKSPACE,
+        python_path=f"{WORKSPACE}/.venv/bin/python",
+        ml_runner_module="runforge_runner",
+        dataset_path=f"{WORKSPACE}/data/iris.csv",
+        label_column=None,
+        model_family="random_forest",
+        profile="default",
+        preset="std-train",
+        device="auto",
+        cancel_grace_seconds=5.0,
+        max_concurrent_runs=1,
+        max_concurrent_runs_global=4,
+        origins={
+            "pythonPath": SettingOrigin(
+                source=SettingSource.WORKSPACE,
+                file=f"{WORKSPACE}/.vscode/settings.json",
+                line=2,
+            ),
+            "modelFamily": SettingOrigin(source=SettingSource.DEFAULT),
         },
-        "warnings": [],
-        "userConfigFile": "/home/ada/.config/runforge/config.json",
-        "workspaceSettingsFile": f"{WORKSPACE}/.vscode/settings.json",
-    }
+        user_config_file="/home/ada/.config/runforge/config.json",
+        workspace_settings_file=f"{WORKSPACE}/.vscode/settings.json",
+    )
     events = [e.message for e in event_examples() if isinstance(e.message, m.Event)]
     replayed = [e for e in events if e.run_id == COMPLETED_RUN and e.run_seq > 6]
     results: list[tuple[str, str, m.ResultBase]] = [
@@ -284,20 +302,19 @@ def reply_examples() -> list[GoldenExample]:
                     workspace=WORKSPACE,
                     trusted=True,
                     settings=settings,
-                    interpreter={
-                        "python_path": f"{WORKSPACE}/.venv/bin/python",
-                        "executable": f"{WORKSPACE}/.venv/bin/python",
-                        "resolved_executable": "/usr/bin/python3.11",
-                        "version": "3.11.9",
-                        "implementation": "cpython",
-                    },
-                    gpu={
-                        "interpreter": f"{WORKSPACE}/.venv/bin/python",
-                        "source": "none",
-                        "devices": [],
-                        "notes": ["torch is not installed", "nvidia-smi was not found"],
-                    },
-                    device={"requested": "auto", "device": "cpu", "reason": "no GPU found"},
+                    interpreter=InterpreterInfo(
+                        python_path=f"{WORKSPACE}/.venv/bin/python",
+                        executable=f"{WORKSPACE}/.venv/bin/python",
+                        resolved_executable="/usr/bin/python3.11",
+                        version="3.11.9",
+                        implementation="cpython",
+                    ),
+                    gpu=GpuProbe(
+                        interpreter=f"{WORKSPACE}/.venv/bin/python",
+                        source="none",
+                        notes=["torch is not installed", "nvidia-smi was not found"],
+                    ),
+                    device=DeviceChoice(requested="auto", device="cpu", reason="no GPU found"),
                     orphans=[orphan],
                 ),
             ),
@@ -370,15 +387,15 @@ def reply_examples() -> list[GoldenExample]:
             m.InspectResult(
                 workspace=WORKSPACE,
                 path=f"{WORKSPACE}/data/iris.csv",
-                document={
-                    "dataset_path": f"{WORKSPACE}/data/iris.csv",
-                    "fingerprint_sha256": "5" * 64,
-                    "columns": ["sepal_length", "sepal_width", "petal_length", "species"],
-                    "num_rows": 150,
-                    "label_column": "species",
-                    "num_features_excluding_label": 3,
-                    "label_present": True,
-                },
+                document=DatasetInspection(
+                    dataset_path=f"{WORKSPACE}/data/iris.csv",
+                    fingerprint_sha256="5" * 64,
+                    columns=["sepal_length", "sepal_width", "petal_length", "species"],
+                    num_rows=150,
+                    label_column="species",
+                    num_features_excluding_label=3,
+                    label_present=True,
+                ),
             ),
         ),
         (

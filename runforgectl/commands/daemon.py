@@ -63,14 +63,12 @@ def _print_workspace_status(ws: m.WorkspaceStatus) -> None:
         print_settings(ws.settings)
     if ws.interpreter is not None:
         i = ws.interpreter
-        version = i.get("version")
-        print(f"\ninterpreter  {i.get('python_path')} -> {i.get('executable')} (Python {version})")
+        print(f"\ninterpreter  {i.python_path} -> {i.executable} (Python {i.version})")
     if ws.gpu is not None:
-        devices = ws.gpu.get("devices") or []
-        gpus = ", ".join(f"{d.get('name')} ({d.get('free_mib')} MiB free)" for d in devices)
-        print(f"gpu          {gpus or 'none'} (probed with {ws.gpu.get('source')})")
+        gpus = ", ".join(f"{d.name} ({d.free_mib} MiB free)" for d in ws.gpu.devices)
+        print(f"gpu          {gpus or 'none'} (probed with {ws.gpu.source})")
     if ws.device is not None:
-        print(f"device       {ws.device.get('device')}: {ws.device.get('reason')}")
+        print(f"device       {ws.device.device}: {ws.device.reason}")
     for problem in ws.problems:
         output.error(problem, sys.stdout)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+
+import msgspec
 
 from runforge_protocol import messages as m
+from runforge_protocol.payloads import ResolvedSettings
 from runforgectl import output
 from runforgectl.context import Context
 from runforgectl.exits import EXIT_OK
@@ -49,8 +51,9 @@ def cmd_settings(ctx: Context) -> int:
     return EXIT_OK
 
 
-def print_settings(settings: dict[str, Any]) -> None:
+def print_settings(resolved: ResolvedSettings) -> None:
     # Every setting has an origin, in the daemon's own order: no key list to keep in step.
+    settings = msgspec.to_builtins(resolved)  # keyed by the setting names (camelCase)
     origins = settings.get("origins", {})
     rows = []
     for key in origins:

@@ -10,8 +10,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from runforge_contract import layout
 from runforge_protocol.errors import ErrorCode
 from runforge_protocol.messages import (
@@ -32,9 +30,10 @@ from runforge_protocol.messages import (
     RunSummary,
     ShowRun,
 )
-from runforge_protocol.records import IndexEntry, IndexStatus
+from runforge_protocol.records import IndexStatus
 from runforged import outcome, paths, run_folder
 from runforged.context import DaemonContext
+from runforged.disk_formats import IndexEntry
 from runforged.errors import RunforgeError
 from runforged.index import RunIndex
 from runforged.inspection import inspect_artifact as spawn_inspect_artifact
@@ -286,7 +285,7 @@ async def _inspect(
     return InspectResult(
         workspace=str(workspace),
         path=path,
-        document=msgspec.to_builtins(inspection),
+        document=inspection,
         orphans=await ctx.orphans(workspace),
     )
 

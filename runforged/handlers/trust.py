@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import msgspec
-
 from runforge_protocol.messages import (
     GetSettings,
     ListTrusted,
@@ -44,4 +42,4 @@ def list_trusted(ctx: DaemonContext, request: ListTrusted) -> TrustResult:
 async def settings(ctx: DaemonContext, request: GetSettings) -> SettingsResult:
     workspace = paths.validate_workspace(request.workspace)
     resolved = await ctx.read_settings(workspace)
-    return SettingsResult(workspace=str(workspace), settings=msgspec.to_builtins(resolved))
+    return SettingsResult(workspace=str(workspace), settings=resolved)

@@ -384,6 +384,21 @@ def test_runforgectl_does_not_import_daemon_code_or_structlog() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_the_daemon_never_imports_the_trainer_packages() -> None:
+    # It runs them: a --param is checked against runforge_contract.params, and the
+    # packages a trainer or a Ray job gets are found without importing them.
+    code = (
+        "import sys, pkgutil, runforged; "
+        "[__import__(m.name) for m in pkgutil.iter_modules(runforged.__path__, 'runforged.') "
+        "if m.name != 'runforged.__main__']; "
+        "from runforged.ray_executor import shipped_packages; shipped_packages(); "
+        "banned = ('runforge_runner', 'runforge_rayjob'); "
+        "print(','.join(n for n in sys.modules if n.split('.')[0] in banned))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_ping_round_trip_is_answered_with_increasing_uptime(daemon: DaemonProcess) -> None:
     first = daemon.ctl_json("ping")["uptime_s"]
     time.sleep(0.05)

@@ -65,6 +65,8 @@ def strategy(info: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
             strategy(info.value_type),
             max_size=min(info.max_length or 3, 3),
         )
+    if isinstance(info, mi.Metadata):  # a type annotated with a description
+        return strategy(info.type)
     if isinstance(info, mi.StructType):
         fields = {f.name: strategy(f.type) for f in info.fields}
         return st.fixed_dictionaries(fields).map(lambda kw: info.cls(**kw))

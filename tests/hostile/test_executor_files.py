@@ -31,7 +31,7 @@ def outside(tmp_path: Path) -> Path:
 
 def test_the_exchange_works_in_a_real_folder(run_dir: Path) -> None:
     run_folder.write_executor_document(run_dir, CONTROL_FILE, b'{"cancel": 1}')
-    assert run_folder.read_executor_control(run_dir) == {"cancel": 1}
+    assert run_folder.read_executor_document(run_dir, CONTROL_FILE) == {"cancel": 1}
     assert os.stat(run_dir / EXECUTOR_DIR).st_mode & 0o777 == 0o700
     assert os.stat(run_dir / EXECUTOR_DIR / CONTROL_FILE).st_mode & 0o777 == 0o600
     assert run_folder.open_executor_stream(run_dir) is None  # not there yet
@@ -51,7 +51,7 @@ def test_a_symlinked_executor_folder_is_neither_written_nor_read(
     with pytest.raises(OSError):
         run_folder.write_executor_document(run_dir, CONTROL_FILE, b"{}")
     assert not (outside / CONTROL_FILE).exists()
-    assert run_folder.read_executor_exit(run_dir) is None
+    assert run_folder.read_executor_document(run_dir, EXIT_FILE) is None
     assert run_folder.open_executor_stream(run_dir) is None
 
 
@@ -60,8 +60,10 @@ def test_symlinked_or_fifo_executor_files_are_not_read(run_dir: Path, outside: P
     (run_dir / EXECUTOR_DIR / EXIT_FILE).symlink_to(outside / EXIT_FILE)
     (run_dir / EXECUTOR_DIR / OUTPUT_FILE).symlink_to(outside / OUTPUT_FILE)
     os.mkfifo(run_dir / EXECUTOR_DIR / CONTROL_FILE)
-    assert run_folder.read_executor_exit(run_dir) is None
-    assert run_folder.read_executor_control(run_dir) is None  # a FIFO: no blocking read
+    assert run_folder.read_executor_document(run_dir, EXIT_FILE) is None
+    assert (
+        run_folder.read_executor_document(run_dir, CONTROL_FILE) is None
+    )  # a FIFO: no blocking read
     assert run_folder.open_executor_stream(run_dir) is None
     (run_dir / "logs.txt").symlink_to(outside / "logs")
     assert run_folder.count_log_lines(run_dir) == 0

@@ -17,13 +17,8 @@ from typing import Any
 import msgspec
 
 from runforge_contract.atomicio import write_bytes_atomic, write_json_atomic
-from runforge_protocol.records import (
-    IndexErrorInfo,
-    IndexStatus,
-    RequestRecord,
-    ResultRecord,
-    RunState,
-)
+from runforge_protocol.records import IndexErrorInfo, IndexStatus, ResultRecord, RunState
+from runforged.disk_formats import RequestRecord
 
 FINGERPRINT = hashlib.sha256(b"sepal_length,sepal_width,label\n5.1,3.5,setosa\n").hexdigest()
 BASE_TIME = datetime(2025, 3, 1, 9, 0, 0, tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runforge_protocol.errors import ErrorCode
-from runforge_protocol.records import IndexEntry
+from runforged.disk_formats import IndexEntry
 from runforged.errors import RunforgeError
 from runforged.index_entry import build_index_entry
 from runforged.index_writer import IndexWriter, IndexWriters

@@ -73,12 +73,26 @@ def make_daemon(daemon_factory: Callable[..., DaemonProcess]) -> Callable[..., D
     return make
 
 
+RayRun = Callable[..., tuple[DaemonProcess, Path, str]]
+
+
+@pytest.fixture
+def ray_run(make_daemon: Callable[..., DaemonProcess], ray_head: RayHead) -> RayRun:
+    """A started daemon whose trainers run in ``env``'s mode, a workspace whose runs go
+    to the Ray head, and one run started there."""
+
+    def start(**env: str) -> tuple[DaemonProcess, Path, str]:
+        daemon = make_daemon(**env)
+        ws = ray_workspace(daemon, ray_head)
+        return daemon, ws, start_detached(daemon, ws)
+
+    return start
+
+
 def test_a_ray_run_completes_and_is_indexed_like_a_local_one(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun, ray_head: RayHead
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="complete", RF_TEST_STEPS="5")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="complete", RF_TEST_STEPS="5")
     outcome = wait_result(ws, run_id)
     assert outcome["state"] == "completed", outcome["reason"]
     assert outcome["exit_code"] == 0
@@ -103,11 +117,9 @@ def test_a_ray_run_completes_and_is_indexed_like_a_local_one(
 
 
 def test_graceful_cancel_on_ray_signals_the_trainer_only_and_keeps_its_marker(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun,
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="graceful", RF_TEST_FLUSH_S="1")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="graceful", RF_TEST_FLUSH_S="1")
     trainer_pid(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "10")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -126,11 +138,9 @@ def test_graceful_cancel_on_ray_signals_the_trainer_only_and_keeps_its_marker(
 
 
 def test_forced_cancel_on_ray_kills_the_tree_at_the_deadline(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun,
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="ignore_sigterm")
     pid = trainer_pid(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "2", "--json")
     assert result.returncode == EXIT_FORCED, result.stdout + result.stderr
@@ -162,11 +172,9 @@ def test_cancel_of_a_run_pending_on_the_cluster_ends_it_and_it_never_trains(
 
 
 def test_a_failing_trainer_on_ray_is_failed_with_its_reason(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun,
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="fail")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    _, ws, run_id = ray_run(RF_TEST_MODE="fail")
     outcome = wait_result(ws, run_id)
     assert outcome["state"] == "failed", outcome
     assert outcome["exit_code"] == 1
@@ -175,11 +183,9 @@ def test_a_failing_trainer_on_ray_is_failed_with_its_reason(
 
 
 def test_a_sigkilled_daemon_reattaches_to_the_ray_job_and_loses_no_event(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun,
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="complete", RF_TEST_STEPS="40", RF_TEST_STEP_S="0.1")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="complete", RF_TEST_STEPS="40", RF_TEST_STEP_S="0.1")
 
     def progress_seen() -> bool:
         path = run_dir(ws, run_id) / "events.jsonl"
@@ -203,11 +209,9 @@ def test_a_sigkilled_daemon_reattaches_to_the_ray_job_and_loses_no_event(
 
 
 def test_a_ray_run_that_ended_while_no_daemon_ran_is_classified_at_the_next_start(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun, ray_head: RayHead
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="complete", RF_TEST_STEPS="20", RF_TEST_STEP_S="0.1")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="complete", RF_TEST_STEPS="20", RF_TEST_STEP_S="0.1")
     trainer_pid(ws, run_id)
     daemon.kill_hard()
     wait_for(lambda: job_status(ray_head, run_id) is JobStatus.SUCCEEDED, timeout=120)
@@ -223,11 +227,9 @@ def test_a_ray_run_that_ended_while_no_daemon_ran_is_classified_at_the_next_star
 
 
 def test_a_cancel_asked_before_a_daemon_crash_is_carried_out_after_it(
-    make_daemon: Callable[..., DaemonProcess], ray_head: RayHead
+    ray_run: RayRun,
 ) -> None:
-    daemon = make_daemon(RF_TEST_MODE="ignore_sigterm")
-    ws = ray_workspace(daemon, ray_head)
-    run_id = start_detached(daemon, ws)
+    daemon, ws, run_id = ray_run(RF_TEST_MODE="ignore_sigterm")
     pid = trainer_pid(ws, run_id)
     result = daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "30", "--no-wait")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -28,7 +28,45 @@ from tests.harness import (
     wait_result,
 )
 
-SLOW = ("--param", "RF_TEST_STEPS=40", "--param", "RF_TEST_STEP_S=0.1")
+
+def params(**values: object) -> tuple[str, ...]:
+    """``--param NAME=VALUE`` for each of ``values`` (the test trainer's switches)."""
+    return tuple(arg for name, value in values.items() for arg in ("--param", f"{name}={value}"))
+
+
+SLOW = params(RF_TEST_STEPS=40, RF_TEST_STEP_S=0.1)
+
+
+def daemon_and_workspace(
+    daemon_factory: Callable[..., DaemonProcess],
+    settings: dict[str, Any] | None = None,
+    **env: str,
+) -> tuple[DaemonProcess, Path]:
+    """A started daemon whose trainers run in ``env``'s mode, and a trusted workspace."""
+    daemon = daemon_factory(**env).start()
+    return daemon, trainer_workspace(daemon, settings=settings)
+
+
+def crash_and_restart(daemon: DaemonProcess) -> None:
+    """SIGKILL the daemon (its runs' monitors go on), then start a new one."""
+    daemon.kill_hard()
+    daemon.start()
+
+
+def tree_pids(workspace: Path, run_id: str) -> list[int]:
+    """The trainer and the descendants the grandchildren mode wrote to ``tree.json``."""
+    tree_file = run_dir(workspace, run_id) / "tree.json"
+    wait_for(tree_file.exists, timeout=60)
+    tree = json.loads(tree_file.read_text())
+    return [tree["trainer"]] + [d["pid"] for d in tree["descendants"]]
+
+
+def ended_in(workspace: Path, run_id: str, state: str) -> dict[str, Any]:
+    """The run's result once it has ended in ``state``, its events contiguous."""
+    result = wait_result(workspace, run_id)
+    assert result["state"] == state, result
+    assert_contiguous(events_on_disk(workspace, run_id))
+    return result
 
 
 def record_dir(daemon: DaemonProcess, run_id: str) -> Path:
@@ -69,13 +107,12 @@ def assert_contiguous(events: list[dict[str, Any]]) -> None:
 def test_runs_go_on_through_a_daemon_kill_with_events_contiguous_for_every_follower(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon, settings={"runforge.maxConcurrentRuns": 3})
+    daemon, ws = daemon_and_workspace(
+        daemon_factory, {"runforge.maxConcurrentRuns": 3}, RF_TEST_MODE="complete"
+    )
     first = start_detached(daemon, ws, *SLOW)
     second = start_detached(daemon, ws, *SLOW)
-    cancelled = start_detached(
-        daemon, ws, "--param", "RF_TEST_MODE=graceful", "--param", "RF_TEST_FLUSH_S=2"
-    )
+    cancelled = start_detached(daemon, ws, *params(RF_TEST_MODE="graceful", RF_TEST_FLUSH_S=2))
     pids = [trainer_pid(ws, r) for r in (first, second, cancelled)]
     early = follower(daemon, ws, first)
     wait_for(lambda: len(events_on_disk(ws, first)) > 8, timeout=60)
@@ -109,36 +146,28 @@ def test_runs_go_on_through_a_daemon_kill_with_events_contiguous_for_every_follo
 def test_a_run_that_ends_while_no_daemon_runs_is_classified_at_the_next_start(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon)
-    run_id = start_detached(
-        daemon, ws, "--param", "RF_TEST_STEPS=20", "--param", "RF_TEST_STEP_S=0.05"
-    )
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="complete")
+    run_id = start_detached(daemon, ws, *params(RF_TEST_STEPS=20, RF_TEST_STEP_S=0.05))
     pid = trainer_pid(ws, run_id)
     daemon.kill_hard()
     wait_for(lambda: (record_dir(daemon, run_id) / "exit.json").exists(), timeout=60)
     assert not alive(pid)
     assert not (run_dir(ws, run_id) / "result.json").exists()
     daemon.start()
-    result = wait_result(ws, run_id)
-    assert result["state"] == "completed" and result["exit_code"] == 0
+    assert ended_in(ws, run_id, "completed")["exit_code"] == 0
     assert index_ids(ws).count(run_id) == 1
-    assert_contiguous(events_on_disk(ws, run_id))
 
 
 def test_queued_runs_survive_a_daemon_kill_and_start_in_order_under_the_next(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="complete")
     runs = [start_detached(daemon, ws, *SLOW) for _ in range(3)]
     trainer_pid(ws, runs[0])
     assert not (run_dir(ws, runs[1]) / "trainer.pid").exists()
-    daemon.kill_hard()
-    daemon.start()
+    crash_and_restart(daemon)
     for run_id in runs:
-        assert wait_result(ws, run_id)["state"] == "completed"
-        assert_contiguous(events_on_disk(ws, run_id))
+        ended_in(ws, run_id, "completed")
     ends = {r: events_on_disk(ws, r)[-1]["ts"] for r in runs}
     spawns = {
         r: next(e["ts"] for e in events_on_disk(ws, r) if e["type"] == "run_spawned") for r in runs
@@ -150,18 +179,17 @@ def test_queued_runs_survive_a_daemon_kill_and_start_in_order_under_the_next(
 def test_a_cancel_before_a_crash_keeps_its_deadline_and_its_explicit_grace(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="ignore_sigterm").start()
-    ws = trainer_workspace(daemon, settings={"runforge.cancelGraceSeconds": 1})
+    daemon, ws = daemon_and_workspace(
+        daemon_factory, {"runforge.cancelGraceSeconds": 1}, RF_TEST_MODE="ignore_sigterm"
+    )
     run_id = start_detached(daemon, ws)
     pid = trainer_pid(ws, run_id)
     daemon.ctl("cancel", run_id, "--workspace", str(ws), "--grace", "6", "--no-wait", check=True)
-    daemon.kill_hard()
-    daemon.start()
-    result = wait_result(ws, run_id)
-    assert result["state"] == "cancelled_forced" and result["cancel_requested"] is True
+    crash_and_restart(daemon)
+    result = ended_in(ws, run_id, "cancelled_forced")
+    assert result["cancel_requested"] is True
     assert not alive(pid)
     events = events_on_disk(ws, run_id)
-    assert_contiguous(events)
     requested = next(e for e in events if e["type"] == "cancel_requested")
     escalated = next(e for e in events if e["type"] == "cancel_escalated")
     assert requested["data"]["grace_s"] == 6  # not the setting's 1 s
@@ -173,15 +201,12 @@ def test_a_cancel_before_a_crash_keeps_its_deadline_and_its_explicit_grace(
 def test_a_cancel_after_a_restart_counts_down_and_kills_the_whole_tree(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(
+        daemon_factory, RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3"
+    )
     run_id = start_detached(daemon, ws)
-    tree_file = run_dir(ws, run_id) / "tree.json"
-    wait_for(tree_file.exists, timeout=60)
-    tree = json.loads(tree_file.read_text())
-    pids = [tree["trainer"]] + [d["pid"] for d in tree["descendants"]]
-    daemon.kill_hard()
-    daemon.start()
+    pids = tree_pids(ws, run_id)
+    crash_and_restart(daemon)
     assert all(alive(p) for p in pids)
     reply = daemon.ctl_json("cancel", run_id, "--workspace", str(ws), "--grace", "1", "--no-wait")
     assert reply["already_cancelling"] is False
@@ -196,11 +221,8 @@ def test_a_cancel_after_a_restart_counts_down_and_kills_the_whole_tree(
 def test_daemon_stop_keep_runs_and_daemon_restart_leave_runs_running(
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon)
-    run_id = start_detached(
-        daemon, ws, "--param", "RF_TEST_STEPS=300", "--param", "RF_TEST_STEP_S=0.1"
-    )
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="complete")
+    run_id = start_detached(daemon, ws, *params(RF_TEST_STEPS=300, RF_TEST_STEP_S=0.1))
     pid = trainer_pid(ws, run_id)
     stopped = daemon.ctl_json("daemon", "stop", "--keep-runs")
     assert stopped["stopped"] is True and stopped["kept_runs"] == [run_id]
@@ -211,9 +233,7 @@ def test_daemon_stop_keep_runs_and_daemon_restart_leave_runs_running(
     assert restarted.returncode == 0, restarted.stderr
     assert daemon.proc.wait(timeout=30) == 0  # the harness's daemon left; a new one serves
     assert alive(pid)
-    result = wait_result(ws, run_id)
-    assert result["state"] == "completed" and result["cancel_requested"] is False
-    assert_contiguous(events_on_disk(ws, run_id))
+    assert ended_in(ws, run_id, "completed")["cancel_requested"] is False
     assert daemon.ctl("daemon", "stop").returncode == 0
 
 
@@ -223,13 +243,11 @@ def test_a_sigkilled_monitor_takes_its_trainer_and_workers_with_it(
     """Defined behaviour: a trainer never runs unmonitored. PR_SET_PDEATHSIG kills the
     trainer with its monitor, the daemon sweeps the rest of the run (by the run id in
     their environment), and the run fails saying why."""
-    daemon = daemon_factory(RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(
+        daemon_factory, RF_TEST_MODE="grandchildren", RF_TEST_GRANDCHILDREN="3"
+    )
     run_id = start_detached(daemon, ws)
-    tree_file = run_dir(ws, run_id) / "tree.json"
-    wait_for(tree_file.exists, timeout=60)
-    tree = json.loads(tree_file.read_text())
-    pids = [tree["trainer"]] + [d["pid"] for d in tree["descendants"]]
+    pids = tree_pids(ws, run_id)
     monitor_pid = json.loads((record_dir(daemon, run_id) / "monitor.json").read_text())["pid"]
     os.kill(monitor_pid, signal.SIGKILL)
     result = wait_result(ws, run_id)
@@ -245,8 +263,7 @@ def test_a_reused_pid_is_never_mistaken_for_a_monitor(
     """The monitor's record names a live stranger's pid: only the lock the monitor held
     for its life says whether it runs, so the stranger is neither attached to nor
     signalled, and the run is classified as one whose monitor is gone."""
-    daemon = daemon_factory(RF_TEST_MODE="graceful").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="graceful")
     run_id = start_detached(daemon, ws)
     trainer = trainer_pid(ws, run_id)
     record = record_dir(daemon, run_id)
@@ -273,8 +290,7 @@ def test_a_verdict_on_disk_is_final_and_interrupted_writes_are_cleaned_up(
     """A crash after result.json but before the run's record was dropped: the next
     daemon finishes the bookkeeping without classifying again (even with an exit record
     that would say otherwise), and removes temp files of interrupted writes."""
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="complete")
     run_id = start_detached(daemon, ws, *SLOW)
     trainer_pid(ws, run_id)
     saved = daemon.root / "accepted.json"
@@ -313,8 +329,7 @@ def test_every_event_a_subscriber_sees_is_already_on_disk_so_a_kill_loses_none(
     import msgspec
     import zmq
 
-    daemon = daemon_factory(RF_TEST_MODE="complete").start()
-    ws = trainer_workspace(daemon)
+    daemon, ws = daemon_and_workspace(daemon_factory, RF_TEST_MODE="complete")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -322,10 +337,10 @@ def test_every_event_a_subscriber_sees_is_already_on_disk_so_a_kill_loses_none(
     sub.connect(f"ipc://{daemon.runtime_dir}/events.sock")
     try:
         # The subscription takes effect asynchronously: a ping run until events arrive.
-        first = start_detached(daemon, ws, "--param", "RF_TEST_STEPS=2")
+        first = start_detached(daemon, ws, *params(RF_TEST_STEPS=2))
         wait_result(ws, first)
         runs = [
-            start_detached(daemon, ws, "--param", "RF_TEST_STEPS=10", "--param", "RF_TEST_STEP_S=0")
+            start_detached(daemon, ws, *params(RF_TEST_STEPS=10, RF_TEST_STEP_S=0))
             for _ in range(3)
         ]
         seen: dict[str, list[int]] = {r: [] for r in runs}

@@ -50,7 +50,7 @@ def test_a_training_run_loads_none_of_the_daemons_modules(workspace: Workspace) 
     assert report["exit"] == 0
     loaded = report["loaded"]
     assert isinstance(loaded, list)
-    assert {"sklearn", "numpy", "joblib", "runforge_runner.training"} <= set(loaded)
+    assert {"sklearn", "numpy", "joblib", "runforge_runner.fitting"} <= set(loaded)
     forbidden = sorted(name for name in loaded if name.split(".")[0] in DAEMON_ONLY)
     assert forbidden == []
 

@@ -17,8 +17,8 @@ import pytest
 from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
 from runforged.inspection import inspect_artifact, inspect_dataset
-from runforged.probes import InterpreterProbes
 from runforged.trust import TrustedWorkspace, TrustStore
+from runforged.workspace_python import InterpreterProbes
 from tests.contracts import IRIS_SAMPLE
 from tests.settings_trust.conftest import FAKE_RUNNER
 

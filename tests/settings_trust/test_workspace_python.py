@@ -17,14 +17,14 @@ import pytest
 
 from runforge_protocol.errors import ErrorCode
 from runforged.errors import RunforgeError
-from runforged.probes import (
+from runforged.trust import TrustedWorkspace, TrustStore
+from runforged.workspace_python import (
     GPU_FREE_MIB_REQUIRED,
     GpuDevice,
     GpuProbe,
     InterpreterProbes,
     choose_device,
 )
-from runforged.trust import TrustedWorkspace, TrustStore
 from tests.settings_trust.conftest import write_executable
 
 FAKE_TORCH = """

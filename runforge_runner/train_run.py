@@ -92,9 +92,9 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     session.checkpoint()
     # scikit-learn takes about a second to import; by now the cancel handler has long been
     # in place and the dataset is known to be usable.
-    from runforge_runner import artifacts, evaluation, training
+    from runforge_runner import artifacts, evaluation, fitting
 
-    split = training.split_dataset(dataset, plan.seed)
+    split = fitting.split_dataset(dataset, plan.seed)
     session.emit(
         "dataset_loaded",
         num_samples=len(dataset.labels),
@@ -108,11 +108,11 @@ def train_run(session: TrainerSession, request: TrainRequest) -> None:
     session.enter_step(STEP_TRAINING)
     # Imports the family's estimator and standardizes the features: before train_started,
     # so that the first progress event follows it within a second.
-    work.fit = training.start_fit(plan, split)
+    work.fit = fitting.start_fit(plan, split)
     session.checkpoint()
     session.emit("train_started", model_family=plan.model_family)
     fit_started = time.monotonic()
-    watch = _watch_fit(session, training.FitWorker(work.fit))
+    watch = _watch_fit(session, fitting.FitWorker(work.fit))
     work.model = work.fit.model()
     fit_seconds = time.monotonic() - fit_started
     session.log(_outcome_line(plan, work.fit))

@@ -1,5 +1,6 @@
-"""Short-lived spawns in a trusted workspace: the interpreter version check, the GPU probe,
-and the device choice made from it.
+"""The workspace's Python: whether its interpreter can run a trainer (the version check),
+which GPU it sees (the probe), and which device a run uses (the choice). It also hosts
+the one way the daemon runs anything short-lived in a workspace, the trust-gated spawn.
 
 Every spawn here goes through :func:`run_in_workspace`, which takes a
 :class:`~runforged.trust.TrustedWorkspace`, re-checks trust, runs the child in its own
@@ -26,12 +27,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 import structlog
 
 from runforge_protocol.errors import ErrorCode
+from runforge_protocol.payloads import DeviceChoice, GpuDevice, GpuProbe, InterpreterInfo
 from runforged.errors import RunforgeError
 from runforged.trust import TrustedWorkspace
 
@@ -169,44 +170,11 @@ def _cache_key(executable: Path) -> tuple[str, int]:
     return real, os.stat(real).st_mtime_ns
 
 
-class InterpreterInfo(msgspec.Struct, kw_only=True):
-    """A checked interpreter; only supported ones (>= 3.10) are returned."""
-
-    python_path: str  # as configured
-    executable: str  # the absolute path that is run
-    resolved_executable: str  # symlinks resolved
-    version: str  # "3.11.7"
-    implementation: str  # "cpython"
-
-
 @dataclass(frozen=True)
 class _ReportedVersion:
     version: str
     version_info: tuple[int, ...]
     implementation: str
-
-
-class GpuDevice(msgspec.Struct, kw_only=True):
-    index: int
-    name: str
-    free_mib: int
-    total_mib: int
-
-
-class GpuProbe(msgspec.Struct, kw_only=True):
-    """What the probe found, and from which source; ``notes`` say why earlier sources gave
-    no answer ("torch is not installed in ..."), so users can see why a run used the CPU."""
-
-    interpreter: str
-    source: Literal["torch", "nvidia-smi", "none"]
-    devices: list[GpuDevice] = []
-    notes: list[str] = []
-
-
-class DeviceChoice(msgspec.Struct, kw_only=True):
-    requested: str  # the device setting: auto, cpu or cuda
-    device: Literal["cpu", "cuda"]
-    reason: str
 
 
 class InterpreterProbes:
