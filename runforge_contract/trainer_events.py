@@ -39,6 +39,13 @@ SUCCESS_SEQUENCE = (
 SCHEMA_EVENTS = frozenset({*SUCCESS_SEQUENCE, CANCELLING, RUN_CANCELLED})
 ALL_EVENTS = SCHEMA_EVENTS | {RUN_FAILED}
 
+# Model families whose ``train_progress.total_epochs`` is a ceiling (``max_iter``), not
+# the amount of work: the fit stops as soon as it converges by its ``tol``, often far
+# earlier. A progress display shows their steps as "iteration N (max_iter M)", no
+# percentage, and an ETA only as an upper bound. Every other family's (the forest's
+# trees, a custom trainer's epochs) is the work to do.
+CEILING_FAMILIES = frozenset({"logistic_regression", "linear_svc"})
+
 # Longest stderr line the daemon will consider as an event.
 MAX_EVENT_LINE = 64 * 1024
 

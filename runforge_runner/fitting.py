@@ -8,7 +8,10 @@ the one a plain ``fit()`` of the same estimator and parameters gives:
   scikit-learn offers fit callbacks (1.9+), each iteration's coefficients are observed
   (read only: the fit is the same, bit for bit) for progress and for a partial model.
 - linear_svc: ``LinearSVC`` (liblinear), one ``fit()``, converged by its ``tol`` or
-  stopped at ``max_iter``; liblinear shows nothing until it returns.
+  stopped at ``max_iter``. liblinear keeps its coefficients to itself until it returns,
+  but its own progress lines (``verbose=1``, printed by its C code on the process's
+  standard output) are real: they are read through a pipe while it fits and give each
+  solver iteration and its objective (see ``LiblinearProgress``).
 - random_forest: ``RandomForestClassifier`` grown with ``warm_start`` in batches of trees
   sized to take about a quarter of a second each. scikit-learn seeds every tree from the
   forest's ``random_state`` in order, so the trees are exactly those of one ``fit()``.
@@ -22,7 +25,11 @@ features.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import re
+import sys
 import threading
 import time
 import warnings
@@ -74,10 +81,14 @@ def split_dataset(dataset: Dataset, seed: int) -> Split:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The classifier as of ``done`` units (iterations or trees), or None before any."""
+    """The classifier as of ``done`` units (iterations or trees), or None before any.
+
+    ``solver_loss`` is a loss the solver itself reported for this point when there is no
+    classifier to measure (liblinear's objective, see ``LiblinearProgress``)."""
 
     done: int
     classifier: Any = None
+    solver_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class _LinearFit(FamilyFit):
     def measure(self, snapshot: Snapshot) -> tuple[float | None, float | None]:
         classifier = snapshot.classifier
         if classifier is None:
-            return None, None
+            return None, snapshot.solver_loss
         # Straight from the coefficients: one product per sample, none of the input
         # checks a predict() call repeats every time.
         x_val = self.x_val[self._val_rows]
@@ -282,14 +293,154 @@ class LinearSvcFit(_LinearFit):
         )  # fmt: skip
 
     def run(self) -> None:
-        self.estimator.fit(self.x_train, self.split.y_train)
+        progress = LiblinearProgress(self)
+        with _CapturedStdout(progress.feed) as captured:
+            # verbose only makes liblinear print; what it computes is the same.
+            self.estimator.set_params(verbose=1 if captured else 0)
+            try:
+                self.estimator.fit(self.x_train, self.split.y_train)
+            finally:
+                self.estimator.set_params(verbose=0)
+        progress.close()
         self._finish(self.estimator, int(self.estimator.n_iter_))
+
+    def solver_reported(self, iterations: int, objective: float | None) -> None:
+        """liblinear's progress (called by ``LiblinearProgress`` in its reader thread)."""
+        loss = None
+        if objective is not None:
+            # Per training row and per unit of C: 1.0 at the start (all-zero weights).
+            loss = objective / (float(self.estimator.C) * len(self.split.y_train))
+        self.snapshot = Snapshot(iterations, None, loss)
 
     def loss(self, classifier: Any) -> float | None:
         x_train = self.x_train[self._train_rows]
         decision = classifier.decision_function(x_train)
         y_train = self.split.y_train[self._train_rows]
         return float(hinge_loss(y_train, decision, labels=self.split.classes))
+
+
+class LiblinearProgress:
+    """Reads liblinear's own progress lines while it fits.
+
+    ``LinearSVC`` on more rows than features runs liblinear's primal trust-region Newton
+    solver, which prints one line per step it tries (``iter  3 act ... f 1.070e+04 |g|
+    6.3e+02 CG 2``): the step and the objective ``f`` before it (half the squared norm of
+    the weights plus C times the sum of squared hinge losses over the training rows).
+    The dual coordinate-descent solver (more features than rows) prints a dot every 10
+    iterations and, per problem, ``optimization finished, #iter = N``. With 3+ classes
+    liblinear solves one problem per class (one-vs-rest), one after the other: the count
+    starts again at 1.
+
+    Reported: the most iterations any problem has taken so far (what ``n_iter_`` will
+    be), and the objective of the problem being solved."""
+
+    _TRON = re.compile(r"iter\s+(\d+)\s.*?\sf\s+(\S+)\s")
+    _FINISHED = re.compile(r"#iter\s*=\s*(\d+)")
+
+    def __init__(self, fit: LinearSvcFit) -> None:
+        self._fit = fit
+        self._pending = b""
+        self._most = 0  # most iterations of any problem so far
+        self._closed = False
+        self.lines = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Bytes read from the pipe (in the reader thread)."""
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self._line(line.decode("ascii", "replace"))
+        # The dual solver's dots arrive on a line that ends only when the problem does.
+        dots = _dots(self._pending.decode("ascii", "replace"))
+        if dots:
+            self._advance(10 * dots, None)
+
+    def _line(self, line: str) -> None:
+        self.lines += 1
+        tron = self._TRON.search(line)
+        if tron is not None:
+            try:
+                objective: float | None = float(tron.group(2))
+            except ValueError:
+                objective = None
+            # "iter k" is printed while trying step k: k - 1 steps were taken, and ``f``
+            # is the objective after them (which is what ``n_iter_`` will count).
+            self._advance(int(tron.group(1)) - 1, objective)
+            return
+        finished = self._FINISHED.search(line)
+        if finished is not None:
+            self._advance(int(finished.group(1)), None)
+            return
+        dots = _dots(line)
+        if dots:
+            self._advance(10 * dots, None)
+
+    def _advance(self, iterations: int, objective: float | None) -> None:
+        if self._closed:
+            return
+        self._most = max(self._most, iterations)
+        self._fit.solver_reported(self._most, objective)
+
+    def close(self) -> None:
+        """The fit returned: later reports would overwrite the final model's snapshot."""
+        self._closed = True
+
+
+def _dots(line: str) -> int:
+    """How many dots a line of only dots holds (after liblinear's ``[LibLinear]``)."""
+    rest = line.removeprefix("[LibLinear]").strip()
+    return len(rest) if rest and rest.count(".") == len(rest) else 0
+
+
+class _CapturedStdout:
+    """File descriptor 1 redirected into a pipe read by a thread, for the duration of the
+    block: where liblinear's C code prints. The runner itself writes nothing on standard
+    output while it trains (events and log lines go to standard error). Yields False, and
+    captures nothing, when descriptor 1 cannot be duplicated."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._saved: int | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> bool:
+        try:
+            _flush_python_stdout()
+            saved = os.dup(1)
+        except OSError:
+            return False
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        self._saved = saved
+        self._reader = threading.Thread(
+            target=self._read, args=(read_end,), name="runforge-liblinear-output", daemon=True
+        )
+        self._reader.start()
+        return True
+
+    def _read(self, read_end: int) -> None:
+        try:
+            while chunk := os.read(read_end, 65536):
+                self._consumer(chunk)
+        finally:
+            os.close(read_end)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            return
+        _flush_python_stdout()  # scikit-learn prints "[LibLinear]" from Python
+        # Descriptor 1 back; that closes the pipe's last write end, so the reader sees EOF.
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+
+
+def _flush_python_stdout() -> None:
+    if sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
 
 
 class ForestFit(FamilyFit):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from runforge_contract.trainer_events import CEILING_FAMILIES
 from runforge_protocol import events as ev
 from runforge_protocol import messages as m
 from runforgectl.client import Client, DaemonUnavailable
@@ -104,6 +105,8 @@ class ProgressDisplay:
         self.started: float | None = None
         # Steps are timed from train_started: queueing and start-up are not training.
         self.training_started: float | None = None
+        self.family = ""
+        self._last_progress: dict[str, Any] = {}
         self._line_open = False
         self._last_status = 0.0
 
@@ -145,6 +148,7 @@ class ProgressDisplay:
         elapsed = event.ts - self.started
         if kind == "run_start":
             family, preset = data.get("model_family", "?"), data.get("preset_id", "?")
+            self.family = str(family)
             self._say(f"run {event.run_id}: {family} ({preset})")
         elif kind == "dataset_loaded":
             self._say(
@@ -153,20 +157,12 @@ class ProgressDisplay:
             )
         elif kind == "train_started":
             self.training_started = event.ts
+            self.family = str(data.get("model_family", self.family))
         elif kind == "train_progress":
-            epoch, total = int(data.get("epoch", 0)), int(data.get("total_epochs", 1) or 1)
-            parts = [f"step {epoch}/{total}"]
-            if "val_accuracy" in data:
-                parts.append(f"val_acc {data['val_accuracy']:.4f}")
-            if "loss" in data:
-                parts.append(f"loss {data['loss']:.4f}")
-            parts.append(f"elapsed {duration(elapsed)}")
-            if epoch > 0:
-                training = event.ts - (self.training_started or self.started)
-                parts.append(f"ETA {duration(training / epoch * max(0, total - epoch))}")
-            self._status("  ".join(parts), force=epoch >= total)
+            self._last_progress = data
+            self._status(self._progress_line(event, elapsed), force=self._progress_final(data))
         elif kind == "train_finished":
-            self._say(f"training finished in {duration(elapsed)}")
+            self._say(f"training finished in {duration(elapsed)}{self._outcome()}")
         elif kind == "metrics_computed":
             self._say("metrics computed")
         elif kind == ev.CANCEL_REQUESTED:
@@ -187,3 +183,59 @@ class ProgressDisplay:
         elif kind == "run_failed":
             err = data.get("error", {})
             self._say(f"runner error: {err.get('message', '?')}")
+
+    def _ceiling(self) -> bool:
+        """True when ``total_epochs`` is ``max_iter``, a ceiling (see CEILING_FAMILIES)."""
+        return self.family in CEILING_FAMILIES
+
+    def _progress_final(self, data: dict[str, Any]) -> bool:
+        epoch, total = _steps(data)
+        return not self._ceiling() and epoch >= total
+
+    def _progress_line(self, event: m.Event, elapsed: float) -> str:
+        """Steps done, the numbers, elapsed, and an ETA only where it means something: for
+        a fixed amount of work, from the mean time per step; for a fit that stops when
+        it converges, only as the bound "if it runs to max_iter" (the fit may stop at any
+        iteration: no percentage, no plain ETA)."""
+        data: dict[str, Any] = event.data
+        epoch, total = _steps(data)
+        ceiling = self._ceiling()
+        if not ceiling:
+            parts = [f"step {epoch}/{total}"]
+        elif epoch == 0 and "loss" not in data and "val_accuracy" not in data:
+            parts = [f"fitting (no iteration reported yet; max_iter {total})"]
+        else:
+            parts = [f"iteration {epoch} (max_iter {total})"]
+        if "val_accuracy" in data:
+            parts.append(f"val_acc {data['val_accuracy']:.4f}")
+        if "loss" in data:
+            parts.append(f"loss {data['loss']:.4f}")
+        parts.append(f"elapsed {duration(elapsed)}")
+        if epoch > 0 and total > epoch:
+            training = event.ts - (self.training_started or self.started or event.ts)
+            remaining = duration(training / epoch * (total - epoch))
+            parts.append(f"ETA ≤ {remaining} (at max_iter)" if ceiling else f"ETA {remaining}")
+        return "  ".join(parts)
+
+    def _outcome(self) -> str:
+        """How the fit ended, read from the last progress event (the bundled runner's last
+        one carries the final count): converged before max_iter, or stopped by it."""
+        if not self._last_progress:
+            return ""
+        epoch, total = _steps(self._last_progress)
+        if not self._ceiling():
+            return f" ({epoch}/{total} steps)"
+        if epoch < total:
+            return f": converged after {epoch} iterations (max_iter {total})"
+        return f": stopped at max_iter ({total}) before converging"
+
+
+def _steps(data: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, total_epochs) of a train_progress event, tolerant of a foreign trainer's
+    odd values (the daemon checked only their types)."""
+    try:
+        epoch = max(0, int(data.get("epoch", 0)))
+        total = max(1, int(data.get("total_epochs", 1) or 1))
+    except (TypeError, ValueError):
+        return 0, 1
+    return epoch, total

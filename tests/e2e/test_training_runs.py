@@ -4,9 +4,11 @@ small sample, and the files left on disk."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.contracts import validate, validate_file
@@ -23,7 +25,7 @@ from tests.e2e.conftest import (
     start_detached,
     wait_result,
 )
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, wait_for
 
 RUN_FILES = ("run.json", "events.jsonl", "logs.txt", "request.json", "result.json", "model.pkl")
 
@@ -84,7 +86,13 @@ def test_each_family_trains_to_completion_and_is_indexed_with_real_values(
 
     # The followed run: progress, then the summary.
     assert f"run {run_id}: {family}" in shown
-    assert "step " in shown and "elapsed" in shown
+    assert "elapsed" in shown
+    if family in LINEAR_FAMILIES:
+        # max_iter is a ceiling: iterations, no "N/1000" bar; at the end, how it ended.
+        assert "iteration " in shown and re.search(r"step \d+/\d+", shown) is None
+        assert "converged after " in shown or "stopped at max_iter" in shown
+    else:
+        assert "step " in shown
     assert shown.index("training finished") < shown.index(f"run {run_id}: completed")
     assert any(line.split() == ["state", "completed"] for line in shown.splitlines())
 
@@ -271,3 +279,44 @@ def test_feature_importance_is_shown_as_a_ranked_feature_table(
     assert [row.split()[0] for row in rows] == [
         f["name"] for f in document["features_by_importance"]
     ]
+
+
+def test_a_linear_svc_cancelled_inside_liblinear_ends_cancelled_graceful(
+    daemon: DaemonProcess, sample_workspace: Path
+) -> None:
+    """liblinear fits in one C call that cannot be interrupted; a cancel during it still
+    takes the runner's graceful path (its SIGTERM handler, its main thread watching the
+    latch while the worker is inside liblinear): marker, run_cancelled, no SIGKILL."""
+    # 150,000 rows, four classes, a large C and a tiny tol: several seconds in liblinear.
+    generator = np.random.default_rng(7)
+    x = generator.normal(size=(150_000, 20))
+    y = (x[:, :4].sum(axis=1) + generator.normal(size=len(x)) > 0).astype(int)
+    y += 2 * (x[:, 5] > 0)
+    header = ",".join([f"f{i}" for i in range(20)] + ["label"])
+    dataset = sample_workspace / "data" / "svc.csv"
+    np.savetxt(dataset, np.column_stack([x, y]), delimiter=",", header=header, comments="",
+               fmt=["%.5f"] * 20 + ["%d"])  # fmt: skip
+    reply = daemon.ctl_json(
+        "train", "--workspace", str(sample_workspace), "--detach", "--dataset", str(dataset),
+        "--model", "linear_svc",
+        "--param", "C=10000", "--param", "tol=1e-12", "--param", "max_iter=1000000",
+    )  # fmt: skip
+    assert "run" in reply, reply
+    run_id: str = reply["run"]["run_id"]
+
+    def liblinear_reported() -> bool:
+        events = events_on_disk(sample_workspace, run_id)
+        return any(e["type"] == "train_progress" and "loss" in e["data"] for e in events)
+
+    wait_for(liblinear_reported, timeout=180)
+    daemon.ctl("cancel", "--workspace", str(sample_workspace), run_id, timeout=120)
+    result = wait_result(sample_workspace, run_id)
+    assert result["state"] == "cancelled_graceful", result
+    folder = run_dir(sample_workspace, run_id)
+    marker = validate_file("cancelled.v1.0.0", folder / ".cancelled")
+    assert marker["step"] == "training"
+    types = [e["type"] for e in events_on_disk(sample_workspace, run_id)]
+    assert "train_finished" not in types and "cancel_escalated" not in types
+    assert (
+        types.index("cancel_requested") < types.index("cancelling") < types.index("run_cancelled")
+    )

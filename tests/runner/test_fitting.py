@@ -88,8 +88,11 @@ def test_linear_models_equal_a_plain_fit_of_the_same_estimator(
     assert np.array_equal(ours[-1].classes_, plain[-1].classes_)
     assert np.array_equal(ours.predict(x_val), plain.predict(x_val))
     assert accuracy_of(result) == pytest.approx(plain.score(x_val, y_val), abs=1e-12)
-    # The fitted model is a plain scikit-learn one: nothing of the runner rides along.
+    # The fitted model is a plain scikit-learn one: nothing of the runner rides along
+    # (liblinear was fitted with verbose=1 to read its progress; the saved model says 0).
     assert not hasattr(ours[-1], "_skl_callbacks")
+    assert ours[-1].get_params() == plain[-1].get_params()
+    assert result.stdout == ""  # liblinear's progress lines were read, not leaked
 
 
 @pytest.mark.parametrize("data", ["small", "large"])
@@ -246,3 +249,74 @@ def test_a_cancel_mid_fit_is_graceful_even_when_one_unit_takes_seconds(
         assert model[-1].n_estimators == grown and model[-1].warm_start is False
     else:
         assert marker["partial_artifacts"] == []
+
+
+# liblinear's primal Newton solver with a large C and a tiny tol: several iterations per
+# one-vs-rest problem (four classes), each a pass of conjugate gradient over every row.
+LIBLINEAR_SLOW = ["--model", "linear_svc", "--param", "C=10000", "--param", "tol=1e-12"]
+LIBLINEAR_SLOW += ["--param", "max_iter=1000000"]
+
+
+def test_linear_svc_reports_liblinears_own_numbers_while_it_fits(
+    workspace: Workspace, slow_unit_dataset: Path
+) -> None:
+    """liblinear fits in one call and keeps its weights to itself, but prints each step it
+    takes and its objective: the progress events carry those, read while it runs, and
+    the model is still exactly a plain fit()'s."""
+    result = workspace.run(
+        workspace.train_args("svc-progress", *LIBLINEAR_SLOW), dataset=slow_unit_dataset
+    )
+    ours = trained(result)
+    assert result.stdout == ""
+    names = result.names()
+    progress = result.of("train_progress")
+    during, last = progress[:-1], progress[-1]
+    # The objective per row and unit of C: 1.0 at each problem's start (zero weights),
+    # below once steps are taken (printed with four digits, hence the slack).
+    reported = [e["loss"] for e in during if "loss" in e]
+    assert reported, during
+    assert all(0.0 < loss <= 1.001 for loss in reported), reported
+    assert min(reported) < 0.99
+    epochs = [e["epoch"] for e in progress]
+    assert epochs == sorted(epochs)
+    # The last event is the fitted model's: n_iter_ (the most steps any problem took).
+    assert last["epoch"] == int(ours[-1].n_iter_) < last["total_epochs"] == 1_000_000
+    assert "val_accuracy" in last and "loss" in last
+    assert names.index("train_finished") == names.index("train_progress") + len(progress)
+    plain, x_val, _ = plain_fit(
+        slow_unit_dataset, "linear_svc", C=10000.0, tol=1e-12, max_iter=1_000_000
+    )
+    np.testing.assert_allclose(ours[-1].coef_, plain[-1].coef_, rtol=1e-6, atol=1e-9)
+    assert np.array_equal(ours.predict(x_val), plain.predict(x_val))
+
+
+@pytest.fixture(scope="module")
+def slow_liblinear_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 120,000 training rows: the fit below takes several seconds on a 2-core machine.
+    return _slow_unit_dataset(tmp_path_factory.mktemp("svc") / "svc.csv", 150_000)
+
+
+def test_a_cancel_during_liblinears_single_call_is_graceful(
+    workspace: Workspace, live_runners: Track, slow_liblinear_dataset: Path
+) -> None:
+    """liblinear runs in one C call that cannot be interrupted. A SIGTERM during it goes
+    through the runner's own path (its handler, the main thread watching the latch while
+    the worker is inside liblinear): the countdown, the marker, exit 143, no model (the
+    solver finished nothing it would hand back)."""
+    runner = live_runners(
+        workspace.start(
+            workspace.train_args("svc-cancel", *LIBLINEAR_SLOW), dataset=slow_liblinear_dataset
+        )
+    )
+    # Once liblinear has reported its first step: the cancel lands inside its call.
+    runner.wait_for_line(lambda line: '"train_progress"' in line and '"loss"' in line)
+    runner.terminate()
+    result = runner.finish()
+
+    marker = assert_cancelled_gracefully(result, "training")
+    names = result.names()
+    assert "train_finished" not in names
+    assert marker["partial_artifacts"] == []
+    assert not (result.run_dir / "model.partial.pkl").exists()
+    # It was mid-fit: liblinear's numbers were still coming (no final, measured event).
+    assert all("val_accuracy" not in e for e in result.of("train_progress"))

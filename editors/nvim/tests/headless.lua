@@ -78,11 +78,34 @@ function scenarios.complete()
   check(progress == 5, "every progress event once (" .. progress .. ")")
   local trained_progress = false
   for line in pairs(statuses) do
-    if line:find("training %d+/5") then
+    -- The test trainer says logistic_regression: its total is max_iter, a ceiling.
+    if line:find("training iteration %d+ %(max_iter 5%)") then
       trained_progress = true
     end
   end
   check(trained_progress, "progress in the statusline")
+  -- How views read, for each kind of total (steps out of a fixed total; iterations under
+  -- a ceiling, with the ETA as a bound; nothing reported yet).
+  check(
+    rf.describe({ phase = "training", step = 20, total = 100, elapsed = 2, eta = 8 })
+      == "training 20/100, 2 s elapsed, ETA 8 s",
+    "a fixed total: steps, elapsed, ETA"
+  )
+  check(
+    rf.describe({ phase = "training", ceiling = true, numbers = true, step = 10, total = 1000, elapsed = 2, eta = 198 })
+      == "training iteration 10 (max_iter 1000), 2 s elapsed, ETA ≤ 198 s (at max_iter)",
+    "a ceiling: iterations, the ETA as a bound"
+  )
+  check(
+    rf.describe({ phase = "training", ceiling = true, step = 0, total = 1000, elapsed = 3 })
+      == "training (no iteration reported yet; max_iter 1000), 3 s elapsed",
+    "nothing reported yet"
+  )
+  check(
+    rf.describe({ phase = "finishing", ceiling = true, step = 11, total = 1000 })
+      == "converged after 11 iterations; writing metrics and artifacts…",
+    "how the fit ended"
+  )
   check(noted(run_id .. " completed", true) ~= nil, "a completion notification")
 
   vim.cmd("RunForgeRuns")

@@ -55,9 +55,9 @@ async function waitForText(page, pattern, timeoutMs) {
       timeout: 60000,
     });
     await page.keyboard.press("Enter");
-    await waitForText(page, /RunForge \d{8}-\d{6}-[0-9a-f]{8}.*training \d+\/\d+/, 180000);
+    await waitForText(page, /RunForge \d{8}-\d{6}-[0-9a-f]{8}.*training (\d+\/\d+|iteration \d+ \(max_iter \d+\))/, 180000);
     await shot(page, "1-training");
-    const toast = page.locator(".notifications-toasts .notification-toast", { hasText: /training \d+\// });
+    const toast = page.locator(".notifications-toasts .notification-toast", { hasText: /training (\d+\/|iteration \d+)/ });
     await toast.hover();
     await toast.getByRole("button", { name: "Cancel" }).click();
     await waitForText(page, /Cancelling… \d+ s/, 60000);

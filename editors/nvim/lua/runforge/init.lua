@@ -33,6 +33,13 @@ local TERMINAL_WORDS = {
   lost = "lost (the daemon died while it ran)",
 }
 
+-- Model families whose train_progress.total_epochs is max_iter, a ceiling: the fit stops
+-- as soon as it converges by its tol. Shown as "iteration N (max_iter M)", with an ETA
+-- only as the bound "at max_iter". The same list as the VS Code adapter's and
+-- runforge_contract.trainer_events.CEILING_FAMILIES (protocol/PROTOCOL.md).
+local CEILING_FAMILIES = { logistic_regression = true, linear_svc = true }
+M.CEILING_FAMILIES = CEILING_FAMILIES
+
 local function notify(msg, level)
   vim.notify("RunForge: " .. msg, level or vim.log.levels.INFO)
 end
@@ -71,13 +78,30 @@ function M.describe(view)
   elseif view.phase == "starting" then
     return "starting…"
   elseif view.phase == "training" then
-    if view.step and view.total then
-      local eta = view.eta and string.format(", ETA %d s", view.eta) or ""
-      return string.format("training %d/%d%s", view.step, view.total, eta)
+    if type(view.step) ~= "number" or type(view.total) ~= "number" then
+      return "training…"
     end
-    return "training…"
+    local elapsed = view.elapsed and string.format(", %d s elapsed", view.elapsed) or ""
+    local remaining = (view.step > 0 and view.total > view.step) and view.eta or nil
+    if not view.ceiling then
+      local eta = remaining and string.format(", ETA %d s", remaining) or ""
+      return string.format("training %d/%d%s%s", view.step, view.total, elapsed, eta)
+    end
+    if view.step == 0 and not view.numbers then
+      return string.format("training (no iteration reported yet; max_iter %d)%s", view.total, elapsed)
+    end
+    local bound = remaining and string.format(", ETA ≤ %d s (at max_iter)", remaining) or ""
+    return string.format("training iteration %d (max_iter %d)%s%s", view.step, view.total, elapsed, bound)
   elseif view.phase == "finishing" then
-    return "writing metrics and artifacts…"
+    local outcome = ""
+    if view.ceiling and type(view.step) == "number" and type(view.total) == "number" then
+      if view.step < view.total then
+        outcome = string.format("converged after %d iterations; ", view.step)
+      else
+        outcome = string.format("stopped at max_iter (%d) before converging; ", view.total)
+      end
+    end
+    return outcome .. "writing metrics and artifacts…"
   elseif view.phase == "cancelling" then
     if view.countdown then
       return string.format("Cancelling… %d s", view.countdown)
@@ -104,12 +128,22 @@ local function apply(event)
   local data = event.data or {}
   local t = event.type
   local announce = false
+  if (t == "run_start" or t == "train_started") and type(data.model_family) == "string" then
+    view.ceiling = CEILING_FAMILIES[data.model_family] == true
+  end
   if t == "run_spawned" then
     view.phase = "starting"
-  elseif t == "train_started" and view.phase ~= "cancelling" then
-    view.phase = "training"
+  elseif t == "train_started" then
+    view.training_started = event.ts
+    if view.phase ~= "cancelling" then
+      view.phase = "training"
+    end
   elseif t == "train_progress" then
     view.step, view.total = data.epoch, data.total_epochs
+    view.numbers = type(data.loss) == "number" or type(data.val_accuracy) == "number"
+    if view.training_started then
+      view.elapsed = math.max(0, math.floor(event.ts - view.training_started + 0.5))
+    end
     if view.phase ~= "cancelling" then
       view.phase = "training"
     end

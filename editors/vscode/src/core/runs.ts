@@ -4,6 +4,14 @@
 import { EventEmitter } from "node:events";
 import type { RunEvent } from "./protocol";
 
+/**
+ * Model families whose train_progress.total_epochs is max_iter, a ceiling: the fit stops
+ * as soon as it converges by its tol, often far earlier. Their steps show as "iteration
+ * N (max_iter M)", with no percentage and an ETA only as the bound "at max_iter". The
+ * same list as runforge_contract.trainer_events.CEILING_FAMILIES (PROTOCOL.md).
+ */
+export const CEILING_FAMILIES: ReadonlySet<string> = new Set(["logistic_regression", "linear_svc"]);
+
 export type Phase = "queued" | "starting" | "training" | "finishing" | "cancelling" | "ended";
 
 export interface RunView {
@@ -12,8 +20,17 @@ export interface RunView {
   phase: Phase;
   lastSeq: number;
   queuePosition: number | null;
+  /** The model family (run_start/train_started), "" until known. */
+  family: string;
   step: number | null;
   totalSteps: number | null;
+  /** True when totalSteps is a ceiling (max_iter): see CEILING_FAMILIES. */
+  totalIsCeiling: boolean;
+  /** Whether the last progress event carried numbers (loss or val_accuracy). */
+  hasNumbers: boolean;
+  /** Seconds from train_started to the last progress event (events' own clocks). */
+  elapsedSeconds: number | null;
+  /** For a ceiling, the time to reach max_iter at the pace so far: an upper bound. */
   etaSeconds: number | null;
   /** Seconds to the daemon's SIGKILL deadline, from cancel_countdown. */
   countdown: number | null;
@@ -39,6 +56,7 @@ function num(value: unknown): number | null {
 export class RunTracker extends EventEmitter {
   private readonly views = new Map<string, RunView>();
   private readonly firstProgress = new Map<string, { ts: number; step: number }>();
+  private readonly trainingStarted = new Map<string, number>();
 
   get(runId: string): RunView | undefined {
     return this.views.get(runId);
@@ -71,8 +89,12 @@ export class RunTracker extends EventEmitter {
         phase: "queued",
         lastSeq: 0,
         queuePosition: null,
+        family: "",
         step: null,
         totalSteps: null,
+        totalIsCeiling: false,
+        hasNumbers: false,
+        elapsedSeconds: null,
         etaSeconds: null,
         countdown: null,
         cancelRequested: false,
@@ -100,7 +122,12 @@ export class RunTracker extends EventEmitter {
           view.phase = "starting";
         }
         break;
+      case "run_start":
+        this.setFamily(view, data.model_family);
+        break;
       case "train_started":
+        this.setFamily(view, data.model_family);
+        this.trainingStarted.set(event.run_id, event.ts);
         if (view.phase !== "cancelling") {
           view.phase = "training";
         }
@@ -110,8 +137,13 @@ export class RunTracker extends EventEmitter {
         const total = num(data.total_epochs);
         view.step = step;
         view.totalSteps = total;
+        view.hasNumbers = num(data.loss) !== null || num(data.val_accuracy) !== null;
         if (view.phase !== "cancelling") {
           view.phase = "training";
+        }
+        const started = this.trainingStarted.get(event.run_id);
+        if (started !== undefined) {
+          view.elapsedSeconds = Math.max(0, Math.round(event.ts - started));
         }
         if (step !== null) {
           const first = this.firstProgress.get(event.run_id);
@@ -152,12 +184,20 @@ export class RunTracker extends EventEmitter {
         view.reason = typeof data.reason === "string" ? data.reason : "";
         view.finalMetrics = (data.final_metrics as Record<string, number> | undefined) ?? {};
         this.firstProgress.delete(event.run_id);
+        this.trainingStarted.delete(event.run_id);
         break;
       default:
         break;
     }
     this.emit("change", view);
     return view;
+  }
+
+  private setFamily(view: RunView, family: unknown): void {
+    if (typeof family === "string" && family) {
+      view.family = family;
+      view.totalIsCeiling = CEILING_FAMILIES.has(family);
+    }
   }
 }
 
@@ -176,15 +216,10 @@ export function describeRun(view: RunView): string {
       return view.queuePosition ? `queued (#${view.queuePosition})` : "queued";
     case "starting":
       return "starting…";
-    case "training": {
-      if (view.step === null || view.totalSteps === null) {
-        return "training…";
-      }
-      const eta = view.etaSeconds === null ? "" : `, ETA ${formatSeconds(view.etaSeconds)}`;
-      return `training ${view.step}/${view.totalSteps}${eta}`;
-    }
+    case "training":
+      return describeTraining(view);
     case "finishing":
-      return "writing metrics and artifacts…";
+      return `${fitOutcome(view)}writing metrics and artifacts…`;
     case "cancelling":
       return view.countdown === null ? "Cancelling…" : `Cancelling… ${view.countdown} s`;
     case "ended": {
@@ -195,12 +230,48 @@ export function describeRun(view: RunView): string {
   }
 }
 
-/** Percent done, for progress bars (null when unknown). */
+/**
+ * Steps done, elapsed, and an ETA only where it means something: for a fixed amount of
+ * work ("training 3/10, 4 s elapsed, ETA 9 s"); for a fit that stops when it converges,
+ * the iterations and the time to max_iter as the bound it is ("training iteration 7
+ * (max_iter 1000), 2 s elapsed, ETA ≤ 4 min 40 s (at max_iter)").
+ */
+function describeTraining(view: RunView): string {
+  if (view.step === null || view.totalSteps === null) {
+    return "training…";
+  }
+  const elapsed = view.elapsedSeconds === null ? "" : `, ${formatSeconds(view.elapsedSeconds)} elapsed`;
+  const remaining = view.step > 0 && view.totalSteps > view.step ? view.etaSeconds : null;
+  if (!view.totalIsCeiling) {
+    const eta = remaining === null ? "" : `, ETA ${formatSeconds(remaining)}`;
+    return `training ${view.step}/${view.totalSteps}${elapsed}${eta}`;
+  }
+  if (view.step === 0 && !view.hasNumbers) {
+    return `training (no iteration reported yet; max_iter ${view.totalSteps})${elapsed}`;
+  }
+  const bound = remaining === null ? "" : `, ETA ≤ ${formatSeconds(remaining)} (at max_iter)`;
+  return `training iteration ${view.step} (max_iter ${view.totalSteps})${elapsed}${bound}`;
+}
+
+/** How a fit that stops when it converges ended, from its last progress event. */
+function fitOutcome(view: RunView): string {
+  if (!view.totalIsCeiling || view.step === null || view.totalSteps === null) {
+    return "";
+  }
+  return view.step < view.totalSteps
+    ? `converged after ${view.step} iterations; `
+    : `stopped at max_iter (${view.totalSteps}) before converging; `;
+}
+
+/**
+ * Percent done, for progress bars (null when unknown: also while a fit that stops when
+ * it converges is running, since max_iter is only its ceiling).
+ */
 export function percentDone(view: RunView): number | null {
   if (view.phase === "ended" || view.phase === "finishing") {
     return 100;
   }
-  if (view.step === null || !view.totalSteps) {
+  if (view.step === null || !view.totalSteps || view.totalIsCeiling) {
     return null;
   }
   return Math.min(100, Math.round((100 * view.step) / view.totalSteps));

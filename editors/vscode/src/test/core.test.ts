@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { RunForgeError } from "../core/errors";
 import { orphanBanner, recoveryReportMarkdown } from "../core/render";
-import { describeRun, type RunView } from "../core/runs";
+import { describeRun, percentDone, RunTracker, type RunView } from "../core/runs";
 import { EDITOR_WORKSPACE_UNTRUSTED, type RunForgeService } from "../core/service";
 import { TestDaemon, waitFor } from "./harness";
 
@@ -56,6 +56,55 @@ function assertOnceInOrder(view: RunView): void {
   assert.equal(view.history.at(-1), "run_terminal");
 }
 
+describe("progress as a person reads it (events with chosen timestamps)", () => {
+  function feed(family: string, events: [number, string, Record<string, unknown>][]): RunView {
+    const tracker = new RunTracker();
+    let view: RunView | undefined;
+    let seq = 0;
+    for (const [ts, type, data] of [
+      [0, "run_start", { model_family: family }] as [number, string, Record<string, unknown>],
+      [2, "train_started", { model_family: family }] as [number, string, Record<string, unknown>],
+      ...events,
+    ]) {
+      seq += 1;
+      view = tracker.apply({ seq, run_seq: seq, ts, type, workspace: "/w", run_id: "r", data }) ?? view;
+    }
+    assert.ok(view);
+    return view;
+  }
+
+  test("a fit that stops when it converges: iterations, no percentage, the ETA as a bound", () => {
+    const view = feed("logistic_regression", [
+      [3, "train_progress", { epoch: 5, total_epochs: 1000, loss: 0.7 }],
+      [4, "train_progress", { epoch: 10, total_epochs: 1000, loss: 0.66 }],
+    ]);
+    assert.equal(describeRun(view), "training iteration 10 (max_iter 1000), 2 s elapsed, ETA ≤ 3 min 18 s (at max_iter)");
+    assert.equal(percentDone(view), null);
+  });
+
+  test("its end says how it ended", () => {
+    const view = feed("logistic_regression", [
+      [3, "train_progress", { epoch: 11, total_epochs: 1000, loss: 0.66 }],
+      [3, "train_finished", {}],
+    ]);
+    assert.equal(describeRun(view), "converged after 11 iterations; writing metrics and artifacts…");
+  });
+
+  test("a solver with nothing to report yet shows the time only", () => {
+    const view = feed("linear_svc", [[5, "train_progress", { epoch: 0, total_epochs: 1000 }]]);
+    assert.equal(describeRun(view), "training (no iteration reported yet; max_iter 1000), 3 s elapsed");
+  });
+
+  test("a forest: trees out of the total, a percentage, a plain ETA", () => {
+    const view = feed("random_forest", [
+      [3, "train_progress", { epoch: 10, total_epochs: 100, val_accuracy: 0.8 }],
+      [4, "train_progress", { epoch: 20, total_epochs: 100, val_accuracy: 0.8 }],
+    ]);
+    assert.equal(describeRun(view), "training 20/100, 2 s elapsed, ETA 8 s");
+    assert.equal(percentDone(view), 20);
+  });
+});
+
 describe("RunForge core through the bridge", () => {
   test("train: live progress, completed, then every observability request", async () => {
     const { daemon, service } = await setUp({ RF_TEST_STEPS: "8", RF_TEST_STEP_S: "0.2" });
@@ -70,8 +119,9 @@ describe("RunForge core through the bridge", () => {
     assert.equal(view.terminalState, "completed");
     assertOnceInOrder(view);
     assert.ok(view.history.filter((t) => t === "train_progress").length === 8);
-    assert.ok(shown.some((s) => /^training \d+\/8/.test(s)), shown.join(" | "));
-    assert.ok(shown.some((s) => /ETA/.test(s)), shown.join(" | "));
+    // The test trainer says logistic_regression: its total is max_iter, a ceiling.
+    assert.ok(shown.some((s) => /^training iteration \d+ \(max_iter 8\)/.test(s)), shown.join(" | "));
+    assert.ok(shown.some((s) => /ETA ≤ .+ \(at max_iter\)/.test(s)), shown.join(" | "));
     assert.equal(shown.at(-1), "completed");
 
     const runs = await service.runs(ws);
