@@ -30,7 +30,8 @@ from benchmarks.stats import percentile, summary
 from runforge_protocol import messages as m
 
 SIGTERM_FILE = "sigterm_received"
-GRACE_S = 2.0
+GRACE_S = 1.5  # a fraction of a second in it: Ray's own stop wait takes whole seconds
+GRACE_GOAL_MS = 100.0
 # The trainer's interpreter and path on the cluster: the same installation (one machine).
 PYTHON = sys.executable
 
@@ -398,8 +399,8 @@ def _measure(head: LocalRayHead, root: Path, rounds: int, flood_events: int) -> 
                     ours=p(grace_ours, 50) * 1000,
                     unit="ms",
                     peers={"Ray stop_job (RAY_JOB_STOP_WAIT_TIME_S)": p(grace_ray, 50) * 1000},
-                    goal="sub-second (|Δ| < 1 s)",
-                    met=grace_worst < 1000,
+                    goal=f"|Δ| ≤ {GRACE_GOAL_MS:g} ms, worst",
+                    met=grace_worst <= GRACE_GOAL_MS,
                 )
             ],
             details={
@@ -411,7 +412,10 @@ def _measure(head: LocalRayHead, root: Path, rounds: int, flood_events: int) -> 
             notes=[
                 "Ray's job state after stop_job is STOPPED for a trainer that flushed and "
                 "for one killed at the deadline alike; RunForge decides graceful or forced "
-                "from the run folder and the events, as for local runs."
+                "from the run folder and the events, as for local runs.",
+                f"RAY_JOB_STOP_WAIT_TIME_S takes whole seconds only: asked for "
+                f"{GRACE_S:g} s, stop_job was given {int(GRACE_S)} s, so its error is "
+                f"mostly the {GRACE_S - int(GRACE_S):g} s it cannot express.",
             ],
         ),
     ]
