@@ -123,6 +123,9 @@ def test_ctrl_c_during_the_demo_stops_its_daemon_and_says_where_its_folder_was(
     os.killpg(demo.pid, signal.SIGINT)
     rest, _ = demo.communicate(timeout=120)
     out = "".join(seen) + rest
-    assert demo.returncode == 130, out
+    # 130 when bash runs the demo's INT trap; 13 (train's "cancelled gracefully") when
+    # bash lets the child's own handling of the Ctrl-C stand. Both are documented.
+    assert demo.returncode in (130, 13), out
+    assert "cancelled_graceful" in out or "interrupted" in out
     assert "removed" in out and "runforge-demo." in out
     assert sandbox.written() == [], out

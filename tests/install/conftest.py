@@ -91,12 +91,14 @@ def distributions() -> Iterator[Distributions]:
         # sdist first, then the wheel from the unpacked sdist (what `python -m build`
         # does): a file missing from the sdist is then missing from the wheel too, and no
         # stale build/ folder of the checkout can leak into it.
-        subprocess.run(
+        built = subprocess.run(
             [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO_ROOT)],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=600,
         )
+        if built.returncode != 0:
+            pytest.fail(f"python -m build exited {built.returncode}:\n{built.stderr[-4000:]}")
         [wheel] = out.glob("runforge-*.whl")
         [sdist] = out.glob("runforge-*.tar.gz")
         yield Distributions(wheel=wheel, sdist=sdist, wheelhouse=_wheelhouse())
