@@ -306,7 +306,11 @@ def test_a_linear_svc_cancelled_inside_liblinear_ends_cancelled_graceful(
 
     def liblinear_reported() -> bool:
         events = events_on_disk(sample_workspace, run_id)
-        return any(e["type"] == "train_progress" and "loss" in e["data"] for e in events)
+        # epoch >= 1: liblinear has reported a step (the primal solver with its objective
+        # as loss; scikit-learn < 1.5 defaults to the dual solver, which reports steps only).
+        return any(
+            e["type"] == "train_progress" and e["data"].get("epoch", 0) >= 1 for e in events
+        )
 
     wait_for(liblinear_reported, timeout=180)
     daemon.ctl("cancel", "--workspace", str(sample_workspace), run_id, timeout=120)
