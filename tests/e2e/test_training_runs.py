@@ -308,9 +308,7 @@ def test_a_linear_svc_cancelled_inside_liblinear_ends_cancelled_graceful(
         events = events_on_disk(sample_workspace, run_id)
         # epoch >= 1: liblinear has reported a step (the primal solver with its objective
         # as loss; scikit-learn < 1.5 defaults to the dual solver, which reports steps only).
-        return any(
-            e["type"] == "train_progress" and e["data"].get("epoch", 0) >= 1 for e in events
-        )
+        return any(e["type"] == "train_progress" and e["data"].get("epoch", 0) >= 1 for e in events)
 
     wait_for(liblinear_reported, timeout=180)
     daemon.ctl("cancel", "--workspace", str(sample_workspace), run_id, timeout=120)
