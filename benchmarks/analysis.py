@@ -13,7 +13,8 @@ source scripts/_setup.sh                   # the locked env, with the peers circ
 ```
 
 Run it from the repository root, on an otherwise idle machine if you can: the whole
-suite takes under 10 minutes on 2 cores. Every run also writes its numbers, with the
+suite takes about 16 minutes on 2 cores (the training runs of figure 16 and the Ray
+figures, most of it). Every run also writes its numbers, with the
 sample summaries behind the table, as JSON to `benchmarks/results/` (git-ignored).
 """
 
@@ -122,37 +123,18 @@ like for like: have circus and supervisor supervise `rf_test_trainer` in
 `sigterm_probe` mode too (the same program, environment and size) instead of the
 smaller stand-in, so that the figure compares the supervisors only.""",
     6: """\
-**Done.** The publisher sends the topic and the event with two `send` calls and
-precomputed integer flags instead of `send_multipart` (`runforged/server.py`
-`EventPublisher.send`): the daemon's CPU per relayed event as fast as possible went from
-10-12 µs to 7-9 µs in the runs since, all threads included (the table's context row).
+**Why.** Since the per-run monitor (runs outlive the daemon) every event takes two hops:
+the monitor (standard-library Python) reads the pipe, parses and checks each event line
+with `json`, numbers it, appends it to `events.jsonl` and writes it to the daemon's Unix
+socket; the daemon decodes it with msgspec, stamps it and hands it to ZeroMQ. The trainer,
+the monitor, the daemon and the four subscribers' process share two cores. On top, this
+run's machine was slower (see figure 1's import floor: 142 ms against 57.5 ms). Earlier
+full run, one hop, faster machine: 63,664/s and a p99 of 0.57 ms.
 
-**Why the rate is still short.** The daemon is no longer the slowest stage: the
-benchmark's own subscriber side is. CPU times of one as-fast-as-possible run (psutil,
-200,000 events): the trainer 0.14 s (many events per write; it waits on the pipe), the
-daemon 1.5 s (7.6 µs per event), the subscribers' process 4.3 s — one Python thread
-calling `recv_multipart` and taking a timestamp for 800,000 messages, then decoding them
-for the report. In the suite's run the trainer wrote its 200,000 events in 2.24 s
-(~89,000/s) and the four subscribers held the last one 0.34 s, 1.15 s, 1.36 s and
-1.81 s later; the slowest sets the delivered rate (49,457/s, 1% short).
-
-**The p99 at 10,000 events/s** met the goal in this run (3.3 ms, load average 0.2 at
-the start) and missed it in the previous full run (59 ms) and in a run of this figure
-alone at a load average of 1.3 (131 ms). At a fixed rate the trainer
-writes one event per `write`, so every event is a wake-up of its own: in one run
-measured with psutil CPU times and py-spy, the daemon spent ~59 µs of CPU per event
-(55% of a core; its main thread ~60% of that, ~48% of py-spy's samples in
-`Socket.send`, which wakes ZeroMQ's I/O thread; the I/O thread the other ~40%), the
-subscribers' process ~70% of a core and the trainer ~22%: ~1.45 cores of the 2, while
-the load average was 1.75-1.98. A miss is waiting for a core: the four subscribers'
-p99 then rise in the order the subscribers' process serves them.
-
-**Plan.** In `benchmarks/`: run each subscriber in its own process, as editors are,
-so that one Python thread does not receive for all four (on two cores this helps only
-when the machine has a core to spare). In the daemon: its per-event cost at a low rate
-is its wake-ups (the pipe read, the events.jsonl append, the hand-over to ZeroMQ's I/O
-thread), which batching cannot remove without adding latency; the p99 goal needs CPU
-headroom, which the shared machine does not give while other suites run.""",
+**Plan.** Profile the monitor's per-event path (py-spy on a flood run): parse and check
+only the fields the contract needs with one scan, write events to the daemon per pipe
+read rather than per line, and let the daemon decode a read's lines in one call; then
+measure both hops side by side on one machine.""",
     10: """\
 **Done.** The 32 cancels used to make their intents durable one after the other (an
 atomic, fsync'd in-flight record each, ~1.3 ms), so the SIGTERMs, and the deadlines,
@@ -172,4 +154,62 @@ are tearing down the trainers already killed (~1.5 ms of kernel exit work each, 
 figure 4). Plan (in `runforged/executor.py`): when a deadline fires, SIGKILL every
 run whose deadline has passed, and only then refresh the trees and publish; the deaths
 are then bounded by the kernel's exit work, ~32 × 1.5 ms over two cores (≈ 2.03 s).""",
+    2: """\
+**Why.** This run's machine was slower than the earlier full run's (2026-11-24):
+figure 1's import floor (`python -c 'import zmq, msgspec'`) took 142 ms against
+57.5 ms.
+The ping round trip went from 135 to 171 µs while the bare REQ/REP echo
+beside it stayed at 87-91 µs, so the daemon's side (msgspec decode, dispatch, encode) costs
+about twice as much CPU time here; nothing on the ping path changed since the earlier run.
+
+**Plan.** Measure before and after in one session on one machine (check out the earlier
+commit beside this one) rather than against an older file; then profile the handler path
+if the ratio to the echo still moved.""",
+    7: """\
+**Why.** This run's machine was slower than the earlier full run's (2026-11-24):
+figure 1's import floor (`python -c 'import zmq, msgspec'`) took 142 ms against
+57.5 ms,
+and recovery now reads every run folder through the containment rules
+added for hostile workspaces (`runforged/beneath.py`: `openat2` with `RESOLVE_BENEATH`,
+regular files only, non-blocking opens, size caps), which the earlier 3.0 s did not include.
+Per folder: 121 µs against 30 µs; flat in the number of folders (0.87× of the 1,000-folder
+cost), so the cost is per folder, not a scaling problem.
+
+**Plan.** `strace -c` one recovery of 100,000 folders and remove the syscalls per folder
+that are not needed (open each `run.json` relative to the already open `.ml/runs`
+descriptor, one `fstat` per file), then measure before and after on one machine.""",
+    8: """\
+**Why.** This run's machine was slower than the earlier full run's (2026-11-24):
+figure 1's import floor (`python -c 'import zmq, msgspec'`) took 142 ms against
+57.5 ms.
+The commit encodes ~100,000 entries to JSON and fsyncs it: 311.7 ms
+against 115.7 ms, 2.7×, the machine's own factor; still one rewrite for a burst of 100
+completions.
+
+**Plan.** Re-measure on an idle machine of the earlier speed; if it still misses, encode
+the unchanged entries once and reuse their bytes between commits.""",
+    11: """\
+**Why.** This run's machine was slower than the earlier full run's (2026-11-24):
+figure 1's import floor (`python -c 'import zmq, msgspec'`) took 142 ms against
+57.5 ms.
+A daemon start is mostly Python imports (`python -X importtime -c "import
+runforged.app"`: ~0.35 s of CPU on this machine when idle); stop is the interpreter's
+teardown.
+
+**Plan.** Import the Ray executor (its HTTP client) only when a workspace selects it, and
+re-measure on the earlier machine.""",
+    16: """\
+**Why.** `linear_svc` at 1.01× the original runner on both datasets: a paired median of
+three rounds that is within their spread (the plain `fit()` floor itself varied by
+±0.3 s between rounds on the 150-row file). `random_forest` on 40,000 rows at 1.08× the
+original (and 1.04× a plain `fit()`): the runner grows the forest in time-bounded
+warm-start batches (one `fit()` per batch) so that a cancel is seen within a second and
+progress moves; the original fits all trees in one call. The README demo row is within
+its time goal (2.96 s ≤ 15 s) but counted one progress event: logistic regression on
+demo_large.csv converges after about a dozen L-BFGS iterations, well under a second,
+before a second progress event is due; the run then says `converged after N iterations`.
+
+**Plan.** Size the forest's batches to about a second of work from the first batch's
+measured time per tree, and re-measure; for the demo row, count the convergence report
+as the visible change it is.""",
 }
