@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,15 +86,38 @@ def _wheelhouse() -> Path:
     return house
 
 
+def _snapshot(dest: Path) -> Path:
+    """The checkout's tracked files, copied into ``dest``: the build then reads a tree that
+    nothing writes into meanwhile (while the suite runs, trainers and pytest write bytecode
+    under tests/, and a file listed for the sdist could vanish before it is copied)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True)
+    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): copy the tree
+        noise = ("__pycache__", "*.pyc*", ".venv*", "node_modules", ".git", "build", "*.egg-info")
+        shutil.copytree(REPO_ROOT, dest, symlinks=True, ignore=shutil.ignore_patterns(*noise))
+        return dest
+    for name in listed.stdout.decode().split("\0"):
+        source = REPO_ROOT / name
+        if not name or not (source.is_file() or source.is_symlink()):
+            continue  # deleted in the working tree
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def distributions() -> Iterator[Distributions]:
     out = short_tempdir()
     try:
+        tree = _snapshot(out / "checkout")
         # sdist first, then the wheel from the unpacked sdist (what `python -m build`
         # does): a file missing from the sdist is then missing from the wheel too, and no
         # stale build/ folder of the checkout can leak into it.
         built = subprocess.run(
-            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO_ROOT)],
+            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(tree)],
             capture_output=True,
             text=True,
             timeout=600,
