@@ -222,6 +222,14 @@ def parse_event(line: bytes) -> tuple[str, bytes] | None:
     integers, finite numbers, valid UTF-8 without lone surrogates, depth at most 32. The
     line itself is returned when it holds no surrogate escape (the hot path), else its
     canonical re-encoding."""
+    parsed = decode_event(line)
+    return None if parsed is None else (parsed[0]["event"], parsed[1])
+
+
+def decode_event(line: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """The one rule for a trainer's event line, used by the monitor and by the daemon's
+    own relays (``runforged.trainer_events``): ``(the event object, its JSON)``, None for
+    a plain log line; raises InvalidEvent (see :func:`parse_event`)."""
     stripped = line.strip()
     if not stripped.startswith((b"{", b"[")):
         return None
@@ -255,12 +263,12 @@ def parse_event(line: bytes) -> tuple[str, bytes] | None:
             raise InvalidEvent(f"{kind}: missing or mistyped field {name!r}")
     _check_values(obj, 1)
     if _SURROGATE_ESCAPE.search(stripped) is None:
-        return kind, stripped
+        return obj, stripped
     try:
         canonical = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent("a string holds a lone UTF-16 surrogate") from None
-    return kind, canonical
+    return obj, canonical
 
 
 # ---------------------------------------------------------------------- the monitor
