@@ -37,6 +37,7 @@ from runforge_protocol import messages as m
 from runforge_protocol.discovery import Endpoints
 from runforge_protocol.errors import ErrorCode
 from runforgectl import jsonlines
+from runforgectl.client import queued_events
 
 # A watched run that has been quiet this long is replayed (catches a terminal event that
 # was published before the subscription took effect, and anything lost on the way).
@@ -162,18 +163,8 @@ class Bridge:
             self._on_reply(payload)
 
     def _drain_sub(self, sock: zmq.Socket[bytes], watched: bool) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
-                continue
-            try:
-                event = m.event_decoder.decode(frames[1])
-            except (msgspec.DecodeError, RecursionError):
-                continue
-            topic = frames[0].decode(errors="replace")
+        for raw_topic, event in queued_events(sock):
+            topic = raw_topic.decode(errors="replace")
             if not watched:
                 self._emit({"topic": topic, "event": event})
             elif not event.run_id:

@@ -144,14 +144,21 @@ class Client:
         sock = self._events
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
             return
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
-                continue
-            try:
-                yield m.event_decoder.decode(frames[1])
-            except msgspec.DecodeError:
-                continue
+        for _topic, event in queued_events(sock):
+            yield event
+
+
+def queued_events(sock: zmq.Socket[bytes]) -> Iterator[tuple[bytes, m.Event]]:
+    """``(topic, event)`` for every event already queued on a SUB socket, without
+    waiting; frames that are not a well-formed event are skipped."""
+    while True:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) != 2:
+            continue
+        try:
+            yield frames[0], m.event_decoder.decode(frames[1])
+        except (msgspec.DecodeError, RecursionError):
+            continue
