@@ -64,5 +64,7 @@ def test_train_on_a_full_disk_is_a_structured_error_and_leaves_no_run_folder(
     # Space freed: the same workspace trains again.
     filler.unlink()
     run_id = start_detached(daemon, workspace)
-    assert wait_result(workspace, run_id)["state"] == "completed"
+    result = wait_result(workspace, run_id)
+    logs = runs / run_id / "logs.txt"
+    assert result["state"] == "completed", (result, logs.read_text() if logs.exists() else "")
     assert [p.name for p in runs.iterdir()] == [run_id]
