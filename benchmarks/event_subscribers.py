@@ -45,11 +45,16 @@ class Subscriber:
         self.done = False
 
     def drain(self) -> None:
+        # Frames are read as runforgectl.client.queued_events reads them.
+        sock = self.socket
         while True:
             try:
-                topic, payload = self.socket.recv_multipart(zmq.NOBLOCK)
+                topic = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if not sock.getsockopt(zmq.RCVMORE):
+                continue
+            payload = sock.recv(zmq.NOBLOCK)
             self.received.append((time.time(), payload))
             if topic.endswith(b"/run_terminal"):
                 self.done = True

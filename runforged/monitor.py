@@ -284,6 +284,10 @@ class _Client:
         self.attached = False
         self.sent_seq = 0  # the highest run_seq queued for this client
         self.behind = False  # live events skipped: catch up from events.jsonl
+        # Where in events.jsonl the next event for this client starts (None: not known
+        # yet, found by scanning for ``sent_seq``): a catch-up reads on from here.
+        self.file_pos: int | None = None
+        self.farewell = b""  # the exit message, queued once the client has caught up
 
 
 class _Pipe:
@@ -334,6 +338,9 @@ class Monitor:
         self.wake_r = -1
         self._batch_ts = b""
         self._unflushed = False  # events.jsonl holds lines not yet handed to the kernel
+        # The size of events.jsonl once every line written so far is flushed (None once a
+        # write failed: offsets are then unknown and a catch-up scans for run_seq).
+        self.events_end: int | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -356,6 +363,8 @@ class Monitor:
         )
         with contextlib.suppress(OSError):
             self.log_cap.logged = os.fstat(self.logs_file.fileno()).st_size
+        with contextlib.suppress(OSError):
+            self.events_end = os.fstat(self.events_file.fileno()).st_size
         sock_path = os.path.join(self.record_dir, SOCKET)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)
@@ -642,7 +651,10 @@ class Monitor:
         try:
             self.events_file.write(line)
             self._unflushed = True
+            if self.events_end is not None:
+                self.events_end += len(line)
         except (OSError, ValueError) as exc:
+            self.events_end = None
             self._write_failed(EVENTS_FILE, exc)
         for client in self.clients:
             # sent_seq starts at the client's ``since``: nothing at or below it is sent.
@@ -652,6 +664,7 @@ class Monitor:
                     continue
                 client.outbox += line
                 client.sent_seq = self.run_seq
+                client.file_pos = self.events_end
 
     def _flush_files(self) -> None:
         self._unflushed = False
@@ -744,23 +757,58 @@ class Monitor:
 
     def _catch_up(self, client: _Client) -> None:
         """Queue events after ``client.sent_seq`` from events.jsonl (everything published
-        is in it: files are flushed before any client write), then go live."""
+        is in it: files are flushed before any client write), then go live. The first
+        catch-up of a client scans for its ``since``; later ones read on from where the
+        last one stopped, a block at a time, so a client that keeps falling behind costs
+        what it reads and no more."""
         try:
             with open(os.path.join(self.run_dir, EVENTS_FILE), "rb") as handle:
-                for line in handle:
-                    if not line.endswith(b"\n"):
+                if client.file_pos is None:
+                    if not self._scan_to(client, handle):
+                        return
+                else:
+                    handle.seek(client.file_pos)
+                while len(client.outbox) <= CLIENT_BACKLOG_BYTES:
+                    block = handle.read(CLIENT_BACKLOG_BYTES)
+                    end = block.rfind(b"\n") + 1
+                    if end == 0 and len(block) == CLIENT_BACKLOG_BYTES:
+                        block += handle.readline()  # one line longer than a block
+                        end = block.rfind(b"\n") + 1
+                    if end == 0:
+                        break  # end of file (or a last line still being written)
+                    seq = run_seq_of(block[block.rfind(b"\n", 0, end - 1) + 1 : end])
+                    client.outbox += memoryview(block)[:end]
+                    assert client.file_pos is not None
+                    client.file_pos += end
+                    if seq is not None:
+                        client.sent_seq = seq
+                    if end < len(block):
                         break
-                    seq = run_seq_of(line)
-                    if seq is None or seq <= client.sent_seq:
-                        continue
-                    client.outbox += line
-                    client.sent_seq = seq
-                    if len(client.outbox) > CLIENT_BACKLOG_BYTES:
-                        return  # still behind: more after this is written
         except OSError as exc:
             _diag(f"catch-up read failed: {exc}")
         if client.sent_seq >= self.run_seq:
             client.behind = False
+
+    @staticmethod
+    def _scan_to(client: _Client, handle: Any) -> bool:
+        """Queue whole lines after ``client.sent_seq`` from the start of the file, line by
+        line, until the backlog is full; set ``client.file_pos`` to where they end. False
+        when the backlog filled up (the catch-up goes on at the next write)."""
+        pos = 0
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            pos += len(line)
+            seq = run_seq_of(line)
+            if seq is None or seq <= client.sent_seq:
+                continue
+            client.outbox += line
+            client.sent_seq = seq
+            if len(client.outbox) > CLIENT_BACKLOG_BYTES:
+                client.file_pos = pos
+                return False
+        client.file_pos = pos
+        return True
 
     def _client_write(self, client: _Client) -> None:
         if self._unflushed:
@@ -769,6 +817,9 @@ class Monitor:
             self._flush_files()
         if client.behind and len(client.outbox) < CLIENT_BACKLOG_BYTES // 2:
             self._catch_up(client)
+        if client.farewell and not client.behind:
+            client.outbox += client.farewell  # after every event, never before one
+            client.farewell = b""
         if client.outbox:
             try:
                 sent = client.sock.send(client.outbox)
@@ -822,9 +873,9 @@ class Monitor:
         goodbye = self._reply({"op": "exit", **record})
         for client in self.clients:
             if client.attached:
-                client.outbox += goodbye
+                client.farewell = goodbye
         give_up = time.monotonic() + 5.0
-        while any(c.outbox for c in self.clients) and time.monotonic() < give_up:
+        while any(c.outbox or c.farewell for c in self.clients) and time.monotonic() < give_up:
             self._step(0.05)
         for client in list(self.clients):
             self._drop(client)

@@ -179,12 +179,29 @@ class MonitorConnection:
         pending = b""
         try:
             while chunk := await self._reader.read(READ_CHUNK):
-                lines = (pending + chunk).split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    self._line(line)
+                data = pending + chunk
+                end = data.rfind(b"\n") + 1
+                pending = data[end:]
+                if end:
+                    self._lines(data[:end])
         except OSError as exc:
             log.warning("monitor_connection_lost", record_dir=str(self.record_dir), error=str(exc))
+
+    def _lines(self, block: bytes) -> None:
+        """Whole lines read at once: usually all events, decoded in one call; a block
+        that also holds a reply (or a line that does not decode) goes line by line."""
+        if block.startswith(_EVENT_PREFIX) and b'\n{"op"' not in block:
+            try:
+                events = _event_decoder.decode_lines(block)
+            except msgspec.DecodeError:
+                pass
+            else:
+                on_event = self._on_event
+                for event in events:
+                    on_event(event)
+                return
+        for line in block.split(b"\n")[:-1]:
+            self._line(line)
 
     def _line(self, line: bytes) -> None:
         if line.startswith(_EVENT_PREFIX):

@@ -102,9 +102,11 @@ class EventPublisher:
         # XPUB never blocks: a subscriber past its high-water mark loses messages, and the
         # sequence numbers let it see the gap and fill it with a replay.
         # Two plain sends: measurably cheaper per event than send_multipart on this path.
-        with contextlib.suppress(zmq.Again):
+        try:
             self._socket.send(topic, _SNDMORE_NOBLOCK)
             self._socket.send(self._encoder.encode(event), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         self._counters.events_published += 1
 
     def relay(self, topic: bytes, event: Event) -> None:

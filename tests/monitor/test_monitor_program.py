@@ -5,6 +5,7 @@ the whole tree killed when the trainer is reaped, the exit status on disk."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -168,6 +169,34 @@ def test_an_attached_client_gets_replay_then_live_then_the_exit(run: MonitoredRu
     seqs = [m["run_seq"] for m in stream[1:-1]]
     assert seqs == list(range(4, 4 + len(seqs)))
     assert seqs[-1] == stream[-1]["last_run_seq"] == run.events()[-1]["run_seq"]
+
+
+def test_a_client_that_stalls_past_its_backlog_catches_up_with_every_event_once(
+    run: MonitoredRun,
+) -> None:
+    """A daemon that stops reading while the trainer floods (its socket buffer and the
+    monitor's 1 MiB backlog fill up) falls behind; reading on, it gets the rest from
+    events.jsonl, block by block from where it stopped, then live: every event once, in
+    order, and the same lines as on disk. A second client attaching mid-run with ``since``
+    starts exactly after it."""
+    run.start("flood", RF_TEST_EVENTS="30000")
+    stalled = run.attach(since=0)
+    # ~30,000 events of ~300 bytes: several times the backlog and the socket buffer.
+    events_file = run.run_dir / monitor.EVENTS_FILE
+    wait_for(lambda: events_file.stat().st_size > 5_000_000, timeout=120, interval=0.1)
+    late = run.attach(since=5_000)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        late_reader = pool.submit(read_stream, late)
+        stream = read_stream(stalled)
+        late_stream = late_reader.result(timeout=120)
+    assert stream[0]["op"] == "hello" and stream[-1]["op"] == "exit"
+    on_disk = run.events()
+    events = stream[1:-1]
+    assert events == on_disk
+    seqs = [e["run_seq"] for e in events]
+    assert seqs == list(range(2, 2 + len(seqs)))
+    assert len(seqs) > 30_000
+    assert [e["run_seq"] for e in late_stream[1:-1]] == list(range(5_001, seqs[-1] + 1))
 
 
 def test_event_lines_no_codec_can_carry_are_skipped_with_a_reason(run: MonitoredRun) -> None:
