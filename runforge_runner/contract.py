@@ -174,12 +174,19 @@ class _Countdown(threading.Thread):
         self._session = session
         self._stopped = threading.Event()
         self.first_emitted = threading.Event()
+        # Taken to start counting down and to stop: once stopped, no countdown starts.
+        self._lock = threading.Lock()
+        self._counting = False
 
     def run(self) -> None:
         latch = self._session.cancel_signal
         while not latch.wait(timeout=0.5):
             if self._stopped.is_set():
                 return
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._counting = True
         requested_at = latch.requested_at
         assert requested_at is not None
         step = self._session.step
@@ -200,8 +207,14 @@ class _Countdown(threading.Thread):
                 return
 
     def stop(self) -> None:
-        self._stopped.set()
-        self.join()
+        """No ``cancelling`` event after this returns. Waits for the thread only if it is
+        counting down (it leaves at once then); one still waiting for a request notices
+        within half a second and emits nothing, so the run does not wait for it."""
+        with self._lock:
+            self._stopped.set()
+            counting = self._counting
+        if counting:
+            self.join()
 
 
 class TrainerSession:

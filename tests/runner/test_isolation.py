@@ -16,8 +16,11 @@ RUNNER_PACKAGE = Path(__file__).resolve().parents[2] / "runforge_runner"
 
 # Runs ``python -m runforge_runner ...`` for real, then reports which modules were loaded.
 LOADED_MODULES_AFTER_RUN = """
-import json, runpy, sys
+import json, os, runpy, sys
 sys.argv = ["runforge_runner", *sys.argv[1:]]
+def leave(code):  # a train run ends with os._exit: look at the modules first
+    raise SystemExit(code)
+os._exit = leave
 try:
     runpy.run_module("runforge_runner", run_name="__main__", alter_sys=True)
 except SystemExit as exit:
