@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from benchmarks.stats import percentile
@@ -45,16 +46,16 @@ class Subscriber:
         self.done = False
 
     def drain(self) -> None:
-        # Frames are read as runforgectl.client.queued_events reads them.
+        # Frames are read as runforgectl.client.queued_events reads them: topic and
+        # payload with two plain recv calls (payloads are decoded in ``report``, where one
+        # that does not decode would be counted).
         sock = self.socket
         while True:
             try:
                 topic = sock.recv(zmq.NOBLOCK)
+                payload = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if not sock.getsockopt(zmq.RCVMORE):
-                continue
-            payload = sock.recv(zmq.NOBLOCK)
             self.received.append((time.time(), payload))
             if topic.endswith(b"/run_terminal"):
                 self.done = True
@@ -63,8 +64,13 @@ class Subscriber:
         seqs = set()
         latencies = []
         first_progress = last_progress = None
+        undecodable = 0
         for held_at, payload in self.received:
-            event = m.event_decoder.decode(payload)
+            try:
+                event = m.event_decoder.decode(payload)
+            except msgspec.DecodeError:
+                undecodable += 1
+                continue
             seqs.add(event.run_seq)
             if event.type == "train_progress":
                 latencies.append(held_at - _parse_utc(event.data["timestamp"]))
@@ -75,6 +81,7 @@ class Subscriber:
         return {
             "received": len(self.received),
             "gaps": highest - len(seqs),
+            "undecodable": undecodable,
             "progress_events": len(latencies),
             "first_progress": first_progress,
             "last_progress": last_progress,

@@ -67,6 +67,18 @@ if TYPE_CHECKING:
     from runforged.ray_executor import RayPlacement
 
 log = structlog.get_logger("runforged.supervisor")
+# The event types ``_relay`` takes note of before publishing them.
+_NOTED_KINDS = frozenset(
+    {
+        te.ARTIFACTS_WRITTEN,
+        te.RUN_CANCELLED,
+        te.RUN_FAILED,
+        ev.CANCEL_REQUESTED,
+        ev.CANCEL_ESCALATED,
+        ev.INVALID_EVENT_LINE,
+        ev.RUN_SPAWNED,
+    }
+)
 
 TREE_REFRESH_S = 0.5
 EVENTS_FLUSH_S = 0.2
@@ -419,6 +431,9 @@ class RunSupervisor:
             return  # already relayed (an attach never sends these; belt and braces)
         run.run_seq = event.run_seq
         kind = event.type
+        if kind not in _NOTED_KINDS:  # train_progress and the like: publish only
+            self._publisher.relay(run.topic_prefix + kind.encode(), event)
+            return
         evidence = run.evidence
         if kind == te.ARTIFACTS_WRITTEN:
             evidence.artifacts_written = True
