@@ -26,13 +26,15 @@ FIXED_RATE = 10_000
 
 LIMITS = (
     "Two hops per event. The run's monitor (standard-library Python) reads the pipe, "
-    "splits lines, JSON-decodes and checks the event, re-encodes it canonically, numbers "
-    "it, appends it to events.jsonl and writes it to the daemon's Unix socket. The daemon's "
-    "one event loop decodes it (msgspec), stamps its daemon-wide seq, MessagePack-encodes "
-    "it and hands it to ZeroMQ (which copies it to each subscriber in its I/O thread). The "
-    "trainer, the monitor, the daemon and the four subscribers (one Python process here) "
-    "share two cores, so the delivered rate is bounded by the CPU each of them gets and "
-    "set by the slowest."
+    "splits lines, JSON-decodes and checks each event, numbers it, appends it to "
+    "events.jsonl and writes it to the daemon's Unix socket (a daemon that falls behind "
+    "catches up from the file). The daemon's one event loop decodes a read's event lines "
+    "in one msgspec call, stamps each with its daemon-wide seq, MessagePack-encodes it and "
+    "hands it to ZeroMQ (which copies it to each subscriber in its I/O thread); the "
+    "subscribers read topic and payload with two plain recv calls. The trainer, the "
+    "monitor, the daemon and the four subscribers (one Python process here) share two "
+    "cores, so the delivered rate is bounded by the CPU each of them gets and set by the "
+    "slowest."
 )
 
 
