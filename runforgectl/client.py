@@ -159,19 +159,19 @@ def queued_events(sock: zmq.Socket[bytes]) -> Iterator[tuple[bytes, m.Event]]:
     for a payload was the topic of the next message (the one before had a single frame),
     and the reader steps forward by one frame; so it never stays out of step, and a
     message of another shape costs at most itself."""
-    while True:
-        try:
+    try:
+        while True:
             topic = sock.recv(zmq.NOBLOCK)
             payload = sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return  # nothing queued (or a lone last frame, dropped)
-        while True:
-            try:
-                event = m.event_decoder.decode(payload)
-            except (msgspec.DecodeError, RecursionError):
-                if not sock.getsockopt(zmq.RCVMORE):
-                    break  # the payload ended its message: skip it
-                topic, payload = payload, sock.recv(zmq.NOBLOCK)
-                continue
-            yield topic, event
-            break
+            while True:
+                try:
+                    event = m.event_decoder.decode(payload)
+                except (msgspec.DecodeError, RecursionError):
+                    if not sock.getsockopt(zmq.RCVMORE):
+                        break  # the payload ended its message: skip it
+                    topic, payload = payload, sock.recv(zmq.NOBLOCK)
+                    continue
+                yield topic, event
+                break
+    except zmq.Again:
+        return  # nothing (more) queued; a lone last frame is dropped
