@@ -35,10 +35,12 @@ above; else a trainer that was still alive and had to be cancelled is
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
+from runforge_contract import trainer_events as te
 from runforge_protocol.records import ResultRecord, RunState
 
 CANCELLED_STATES = frozenset({RunState.CANCELLED_GRACEFUL, RunState.CANCELLED_FORCED})
@@ -63,6 +65,18 @@ class Evidence(msgspec.Struct, kw_only=True):
     marker_valid: bool = False  # a valid .cancelled marker
     killed: bool = False  # the daemon SIGKILLed the tree at the grace deadline
     failure_message: str = ""  # from a run_failed event, or why the spawn failed
+
+    def note_trainer_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """What a trainer's event says about how the run ended (every relay calls this:
+        the monitor's, the in-process executor's and the Ray job's)."""
+        if kind == te.ARTIFACTS_WRITTEN:
+            self.artifacts_written = True
+        elif kind == te.RUN_CANCELLED:
+            self.run_cancelled = True
+        elif kind == te.RUN_FAILED:
+            error = data.get("error")
+            if isinstance(error, dict):
+                self.failure_message = str(error.get("message") or error.get("code") or "")
 
 
 def classify_terminal_state(

@@ -67,18 +67,6 @@ if TYPE_CHECKING:
     from runforged.ray_executor import RayPlacement
 
 log = structlog.get_logger("runforged.supervisor")
-# The event types ``_relay`` takes note of before publishing them.
-_NOTED_KINDS = frozenset(
-    {
-        te.ARTIFACTS_WRITTEN,
-        te.RUN_CANCELLED,
-        te.RUN_FAILED,
-        ev.CANCEL_REQUESTED,
-        ev.CANCEL_ESCALATED,
-        ev.INVALID_EVENT_LINE,
-        ev.RUN_SPAWNED,
-    }
-)
 
 TREE_REFRESH_S = 0.5
 EVENTS_FLUSH_S = 0.2
@@ -431,23 +419,18 @@ class RunSupervisor:
             return  # already relayed (an attach never sends these; belt and braces)
         run.run_seq = event.run_seq
         kind = event.type
-        if kind not in _NOTED_KINDS:  # train_progress and the like: publish only
-            self._publisher.relay(run.topic_prefix + kind.encode(), event)
-            return
-        evidence = run.evidence
-        if kind == te.ARTIFACTS_WRITTEN:
-            evidence.artifacts_written = True
-        elif kind == te.RUN_CANCELLED:
-            evidence.run_cancelled = True
-        elif kind == te.RUN_FAILED:
-            error = event.data.get("error")
-            if isinstance(error, dict):
-                evidence.failure_message = str(error.get("message") or error.get("code") or "")
-        elif kind == ev.CANCEL_REQUESTED:
+        if kind != te.TRAIN_PROGRESS:  # the one frequent kind; nothing in it to note
+            self._note(run, kind, event)
+        self._publisher.relay(run.topic_prefix + kind.encode(), event)
+
+    def _note(self, run: LiveRun, kind: str, event: Event) -> None:
+        """What a relayed event tells the outcome and the run's state."""
+        run.evidence.note_trainer_event(kind, event.data)
+        if kind == ev.CANCEL_REQUESTED:
             run.cancel_requested = True
             run.state = RunState.CANCELLING
         elif kind == ev.CANCEL_ESCALATED:
-            evidence.killed = True
+            run.evidence.killed = True
             log.warning("cancel_escalated", run_id=run.run_id, processes=event.data)
         elif kind == ev.INVALID_EVENT_LINE:
             self._counters.invalid_trainer_lines += 1
@@ -456,7 +439,6 @@ class RunSupervisor:
             run.trainer_pid = pid if isinstance(pid, int) else run.trainer_pid
             if run.state is RunState.QUEUED:
                 run.state = RunState.RUNNING
-        self._publisher.relay(run.topic_prefix + kind.encode(), event)
 
     async def _finish_monitored(self, run: LiveRun, exit_record: dict[str, Any] | None) -> None:
         """The monitored run's verdict, from the exit record (None: the monitor never
@@ -591,13 +573,7 @@ class RunSupervisor:
         kind = event["event"]
         if kind == te.RUN_START and run.controller is not None:
             run.controller.trainer_announced()  # its handler is in place: SIGTERM is safe
-        elif kind == te.ARTIFACTS_WRITTEN:
-            run.evidence.artifacts_written = True
-        elif kind == te.RUN_CANCELLED:
-            run.evidence.run_cancelled = True
-        elif kind == te.RUN_FAILED:
-            error = event.get("error") or {}
-            run.evidence.failure_message = str(error.get("message") or error.get("code") or "")
+        run.evidence.note_trainer_event(kind, event)
         self._publish(run, kind, event)
 
     def _publish(self, run: LiveRun, kind: str, data: dict[str, Any]) -> None:
