@@ -251,6 +251,12 @@ def test_a_cancel_mid_fit_is_graceful_even_when_one_unit_takes_seconds(
         assert marker["partial_artifacts"] == []
 
 
+@pytest.fixture(scope="module")
+def slow_liblinear_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 120,000 training rows: the fit below takes several seconds on a 2-core machine.
+    return _slow_unit_dataset(tmp_path_factory.mktemp("svc") / "svc.csv", 150_000)
+
+
 # liblinear's primal Newton solver with a large C and a tiny tol: several iterations per
 # one-vs-rest problem (four classes), each a pass of conjugate gradient over every row.
 LIBLINEAR_SLOW = ["--model", "linear_svc", "--param", "C=10000", "--param", "tol=1e-12"]
@@ -258,13 +264,15 @@ LIBLINEAR_SLOW += ["--param", "max_iter=1000000"]
 
 
 def test_linear_svc_reports_liblinears_own_numbers_while_it_fits(
-    workspace: Workspace, slow_unit_dataset: Path
+    workspace: Workspace, slow_liblinear_dataset: Path
 ) -> None:
     """liblinear fits in one call and keeps its weights to itself, but prints each step it
     takes and its objective: the progress events carry those, read while it runs, and
-    the model is still exactly a plain fit()'s."""
+    the model is still exactly a plain fit()'s. (On the 150,000-row file the fit takes a
+    second or more, so several progress events fall inside it even on a busy machine; on
+    60,000 rows it took 0.6 s here and, under load, once left a single event.)"""
     result = workspace.run(
-        workspace.train_args("svc-progress", *LIBLINEAR_SLOW), dataset=slow_unit_dataset
+        workspace.train_args("svc-progress", *LIBLINEAR_SLOW), dataset=slow_liblinear_dataset
     )
     ours = trained(result)
     assert result.stdout == ""
@@ -284,16 +292,10 @@ def test_linear_svc_reports_liblinears_own_numbers_while_it_fits(
     assert "val_accuracy" in last and "loss" in last
     assert names.index("train_finished") == names.index("train_progress") + len(progress)
     plain, x_val, _ = plain_fit(
-        slow_unit_dataset, "linear_svc", C=10000.0, tol=1e-12, max_iter=1_000_000
+        slow_liblinear_dataset, "linear_svc", C=10000.0, tol=1e-12, max_iter=1_000_000
     )
     np.testing.assert_allclose(ours[-1].coef_, plain[-1].coef_, rtol=1e-6, atol=1e-9)
     assert np.array_equal(ours.predict(x_val), plain.predict(x_val))
-
-
-@pytest.fixture(scope="module")
-def slow_liblinear_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 120,000 training rows: the fit below takes several seconds on a 2-core machine.
-    return _slow_unit_dataset(tmp_path_factory.mktemp("svc") / "svc.csv", 150_000)
 
 
 def test_a_cancel_during_liblinears_single_call_is_graceful(
